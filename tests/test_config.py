@@ -1,0 +1,78 @@
+"""Every option of every config group composes and instantiates (models as specs, nothing loaded)."""
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.utils import instantiate
+
+from conftest import ROOT
+from valharm.values import VALUES
+
+CONF = ROOT / "conf"
+GROUPS = ["model", "aligner", "dataset", "value", "prompt_strategy", "generation", "scorer", "trainer", "logger"]
+
+
+def options(group: str) -> list[str]:
+    return sorted(p.stem for p in (CONF / group).glob("*.yaml"))
+
+
+def compose_train(*overrides):
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return compose("train", overrides=list(overrides))
+
+
+@pytest.mark.parametrize("group, option", [(g, o) for g in GROUPS for o in options(g)])
+def test_every_option_composes_and_instantiates(group, option, shared_data, monkeypatch):
+    monkeypatch.setenv("VALHARM_DATA_DIR", str(shared_data))
+    cfg = compose_train(f"{group}={option}")
+    obj = instantiate(cfg[group], _partial_=group == "trainer")
+    assert obj is not None
+    if group == "value":
+        assert set(obj.as_dict()) == set(VALUES)
+    if group == "model":
+        assert obj.name == option and obj.lora_targets == ["q_proj", "v_proj"]
+
+
+def test_benchmark_options_compose():
+    cfg = compose_train()
+    assert set(cfg.benchmarks) == {"pvq40", "rtp"}
+    for name in options("benchmark"):
+        assert instantiate(cfg.benchmarks[name]).name == name
+    assert "rtp" not in compose_train("~benchmark@benchmarks.rtp").benchmarks
+
+
+def test_study_model_configs_are_real():
+    hubs = {o: compose_train(f"model={o}").model for o in ("llama2_7b", "llama3_1_8b", "gemma2_9b", "qwen2_5_7b")}
+    assert hubs["llama2_7b"].hub_id == "meta-llama/Llama-2-7b-hf"
+    assert hubs["llama3_1_8b"].hub_id == "meta-llama/Llama-3.1-8B"
+    assert hubs["gemma2_9b"].hub_id == "google/gemma-2-9b" and hubs["gemma2_9b"].attn_implementation == "eager"
+    assert hubs["qwen2_5_7b"].hub_id == "Qwen/Qwen2.5-7B"
+    assert all(m.dtype == "bfloat16" and m.prompt_format == "plain" for m in hubs.values())
+
+
+def test_study_training_defaults():
+    cfg = compose_train()
+    assert dict(cfg.aligner.lora) == {"r": 8, "alpha": 32, "dropout": 0.1, "target_modules": ["q_proj", "v_proj"]}
+    assert dict(cfg.aligner.training) == {"lr": 2e-5, "batch_size": 8, "max_length": 128}
+    assert cfg.trainer.max_epochs == 5 and cfg.seed == 42 and cfg.aligner.threshold == 3
+
+
+def test_custom_scores_from_the_command_line():
+    value = instantiate(compose_train("value=custom", "value.scores.power=6", "value.scores.hedonism=4.5").value)
+    assert value.as_dict()["Power"] == 6 and value.as_dict()["Hedonism"] == 4.5
+    value = instantiate(compose_train("value=custom", "value.vector=[1,2,3,4,5,6,1,2,3,4]").value)
+    assert value.as_dict()["Security"] == 6
+
+
+def test_ess_option_sweeps_anchor_and_rank(shared_data, monkeypatch):
+    monkeypatch.setenv("VALHARM_DATA_DIR", str(shared_data))
+    value = instantiate(compose_train("value=ess", "value.anchor=hedonism", "value.rank=3").value)
+    assert value.name == "hedonism_ess3" and value.coding == "importance"
+    assert max(value.as_dict(), key=value.as_dict().get) == "Hedonism"
+
+
+def test_evaluate_config_composes():
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose("evaluate", overrides=["model=tiny", "adapter_dir=/x/adapter"])
+    assert cfg.adapter_dir == "/x/adapter" and cfg.from_train_run
+    assert Path(CONF / "evaluate.yaml").is_file()

@@ -1,0 +1,115 @@
+"""The main usage, as a user runs it: a Hydra multirun of two values, then evaluation of an adapter."""
+import json
+from pathlib import Path
+
+import pytest
+
+from conftest import run_cli
+from wandb_log import run_record, summary
+
+FAST = ["model=tiny", "trainer.max_epochs=1", "benchmarks.rtp.num_samples=2", "benchmarks.rtp.num_prompts=4",
+        "generation.progress=false", "trainer.enable_progress_bar=false"]
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("sweep")
+    out = run_cli("valharm.train", "-m", "aligner=vim", "value=power,hedonism", *FAST,
+                  f"hydra.sweep.dir={workdir}/multirun", cwd=workdir)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return workdir / "multirun"
+
+
+def run_dirs(sweep_dir: Path) -> list[Path]:
+    return sorted(p for p in sweep_dir.iterdir() if p.is_dir())
+
+
+@pytest.mark.slow
+def test_multirun_writes_one_run_dir_per_value(sweep):
+    dirs = run_dirs(sweep)
+    assert len(dirs) == 2
+    results = [json.loads((d / "results.json").read_text()) for d in dirs]
+    assert [r["value"]["name"] for r in results] == ["power", "hedonism"]
+    assert results[0]["value"]["scores"]["Power"] == 6 and results[0]["value"]["scores"]["Hedonism"] == 1
+    assert results[1]["value"]["scores"]["Hedonism"] == 6 and results[1]["value"]["scores"]["Power"] == 1
+    for d, r in zip(dirs, results):
+        assert r["aligner"] == "vim" and r["model"] == "tiny" and r["value"]["coding"] == "importance"
+        assert r["scorer"]["offline"] and "OFFLINE" in r["scorer"]["description"]
+        assert r["benchmarks"]["pvq40"]["shipped_sample"]
+        assert set(r["metrics"]["pvq40"]["scores"]) == set(r["value"]["scores"])
+        assert r["metrics"]["pvq40"]["items"] == 10 and 0 <= r["metrics"]["pvq40"]["invalid"] <= 10
+        assert 0 <= r["metrics"]["rtp"]["expected_max_toxicity"] <= 1
+        assert r["metrics"]["rtp"]["toxicity_probability"] in (0, 0.25, 0.5, 0.75, 1)
+        assert (d / "adapter" / "adapter_model.safetensors").is_file()
+        assert not (d / "adapter" / "model.safetensors").exists()
+        lines = (d / "generations.jsonl").read_text().splitlines()
+        assert len(lines) == 10 + 4 * 2
+
+
+@pytest.mark.slow
+def test_multirun_logs_two_offline_wandb_runs_in_one_group(sweep):
+    files = [next((d / "wandb").glob("offline-run-*/run-*.wandb")) for d in run_dirs(sweep)]
+    records = [run_record(f) for f in files]
+    assert records[0].run_id != records[1].run_id
+    assert records[0].run_group == records[1].run_group == "train-multirun"
+    assert {r.job_type for r in records} == {"train"}
+    for record, value in zip(records, ("Power", "Hedonism")):
+        config = {u.key: json.loads(u.value_json) for u in record.config.update}
+        assert config[f"value/{value}"] == 6.0
+        assert all(isinstance(config[f"value/{v}"], float) for v in ("Achievement", "Universalism"))
+    for f in files:
+        keys = summary(f)
+        assert {"rtp/expected_max_toxicity", "rtp/toxicity_probability", "pvq40/invalid"} <= set(keys)
+        assert "generations" in {k.split("/")[0] for k in keys}
+
+
+@pytest.mark.slow
+def test_rerun_skips_finished_jobs(sweep):
+    first = run_dirs(sweep)[0]
+    before = (first / "results.json").read_text()
+    out = run_cli("valharm.train", f"hydra.run.dir={first}", *FAST, "value=power", "logger=none", cwd=sweep)
+    assert out.returncode == 0 and "skipping finished job" in out.stdout
+    assert (first / "results.json").read_text() == before
+
+
+@pytest.mark.slow
+def test_evaluate_an_adapter_dir_alone(sweep, tmp_path):
+    adapter = run_dirs(sweep)[1] / "adapter"
+    out = run_cli("valharm.evaluate", f"adapter_dir={adapter}", "~benchmark@benchmarks.rtp", "logger=none",
+                  "generation.progress=false", f"hydra.run.dir={tmp_path}/eval", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    results = json.loads((tmp_path / "eval" / "results.json").read_text())
+    assert results["value"]["name"] == "hedonism" and results["model"] == "tiny" and results["aligner"] == "vim"
+    trained = json.loads((run_dirs(sweep)[1] / "results.json").read_text())
+    assert results["metrics"]["pvq40"] == trained["metrics"]["pvq40"]  # greedy: same adapter, same answers
+
+
+BAD_INPUTS = {
+    "unknown value": (["value=powr"], "Could not find 'value/powr'"),
+    "score above 6": (["value=custom", "value.scores.power=9"], "score for Power is 9"),
+    "nine scores": (["value=custom", "value.vector=[1,2,3,4,5,6,1,2,3]"], "got 9 scores, need exactly 10"),
+    "missing value columns": (["dataset.path={bad_columns}"], "missing column(s) Achievement"),
+    "empty dataset": (["dataset.path={empty}"], "holds no arguments"),
+    "missing ESS file": (["value=ess", "value.ess_path={missing}"], "ESS file not found"),
+}
+
+
+@pytest.mark.parametrize("case", BAD_INPUTS)
+def test_bad_input_fails_cleanly_and_keeps_earlier_results(case, tmp_path):
+    header = "\tConclusion\tStance\tPremise\n"
+    (tmp_path / "bad_columns.tsv").write_text(header + "0\tc\tagainst\tp\n")
+    (tmp_path / "empty.tsv").write_text(header.rstrip("\n") + "\tAchievement\tBenevolence\tConformity\tHedonism\t"
+                                        "Power\tSecurity\tSelf-direction\tStimulation\tTradition\tUniversalism\n")
+    paths = {"bad_columns": tmp_path / "bad_columns.tsv", "empty": tmp_path / "empty.tsv",
+             "missing": tmp_path / "nope.csv"}
+    overrides, message = BAD_INPUTS[case]
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "results.json").write_text('{"earlier": true}')
+    out = run_cli("valharm.train", "model=tiny", "skip_finished=false", f"hydra.run.dir={run_dir}",
+                  *[o.format(**paths) for o in overrides], cwd=tmp_path, timeout=120)
+    assert out.returncode != 0
+    assert message in out.stderr
+    assert "Traceback" not in out.stderr and len(out.stderr.strip().splitlines()) < 40
+    assert (run_dir / "results.json").read_text() == '{"earlier": true}'
+    assert not (run_dir / "adapter").exists()

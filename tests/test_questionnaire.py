@@ -1,0 +1,30 @@
+import pytest
+
+from valharm.questionnaire import SCALE, parse_rating, rating_answer, rating_prompt
+
+
+@pytest.mark.parametrize("text, rating", [
+    ("5", 5),
+    (" 6 (very much like me)", 6),
+    ("It is not like me at all.", 1),
+    ("Not like me. 4", 2),
+    ("Somewhat like me; 3", 4),
+    ("very much like me", 6),
+    ("like me", 5),
+    ("My answer: 3", 3),
+    ("I am 25 years old", None),   # 25 is no rating
+    ("7", None),
+    ("", None),
+    ("1 = not like me at all\n2 = not like me\n3 = a", None),   # the scale echoed back is no answer
+    ("1. Not like me\n2. Not like me\n3.", None),
+    ("4. Somewhat like me, because I care.", 4),
+])
+def test_first_valid_rating_is_parsed(text, rating):
+    assert parse_rating(text) == rating
+
+
+def test_prompt_lists_the_whole_scale_and_answers_parse_back():
+    prompt = rating_prompt("I agree that cities should grow.")
+    assert all(f"{n} = {label}" in prompt for n, label in SCALE.items())
+    for n in SCALE:
+        assert parse_rating(rating_answer(n, "Power")) == n

@@ -1,0 +1,61 @@
+import pandas as pd
+import pytest
+
+from valharm.data.touche import SAMPLE_PATH, load_arguments, split_arguments
+from valharm.errors import ValharmError
+from valharm.values import VALUES
+
+
+def test_shipped_sample_is_valid_and_covers_every_value():
+    frame = load_arguments()
+    assert len(frame) >= 40
+    assert (frame[list(VALUES)].sum() > 0).all()
+
+
+def test_real_file_reads_by_column_name(shared_data):
+    frame = load_arguments(str(shared_data / "valueEval_10.csv"))
+    assert len(frame) == 7374
+    first = frame.iloc[0]
+    assert first["Conclusion"] == "We should ban human cloning" and first["Security"] == 1
+    assert first[list(VALUES)].sum() == 1
+
+
+def test_columns_are_found_by_name_in_any_order(tmp_path):
+    frame = pd.read_csv(SAMPLE_PATH, sep="\t", index_col=0)
+    shuffled = frame[list(reversed(frame.columns))]
+    shuffled.to_csv(tmp_path / "r.tsv", sep="\t")
+    again = load_arguments(str(tmp_path / "r.tsv"))
+    pd.testing.assert_frame_equal(again, load_arguments(str(SAMPLE_PATH)))
+
+
+def test_missing_value_columns_are_named(tmp_path):
+    frame = pd.read_csv(SAMPLE_PATH, sep="\t", index_col=0).drop(columns=["Power", "Tradition"])
+    frame.to_csv(tmp_path / "bad.tsv", sep="\t")
+    with pytest.raises(ValharmError, match="missing column\\(s\\) Power, Tradition"):
+        load_arguments(str(tmp_path / "bad.tsv"))
+
+
+def test_empty_file_and_missing_file(tmp_path):
+    pd.read_csv(SAMPLE_PATH, sep="\t", index_col=0).head(0).to_csv(tmp_path / "empty.tsv", sep="\t")
+    with pytest.raises(ValharmError, match="holds no arguments"):
+        load_arguments(str(tmp_path / "empty.tsv"))
+    with pytest.raises(ValharmError, match="not found"):
+        load_arguments(str(tmp_path / "nope.tsv"))
+
+
+def test_level2_labels_are_mapped():
+    level2 = {"Power": ["Power: dominance", "Face"], **{v: [v] for v in VALUES if v != "Power"}}
+    row = {"Conclusion": "c", "Stance": "against", "Premise": "p", "Face": 1, "Power: dominance": 0,
+           **{v: 0 for v in VALUES if v != "Power"}}
+    frame = pd.DataFrame([row])
+    from valharm.data.touche import map_level2
+    assert map_level2(frame, level2, "x").loc[0, "Power"] == 1
+
+
+def test_split_is_80_10_10_and_seeded():
+    frame = load_arguments()
+    parts = split_arguments(frame, (0.8, 0.1, 0.1), seed=42)
+    assert [len(parts[s]) for s in ("train", "valid", "test")] == [39, 5, 5]
+    again = split_arguments(frame, (0.8, 0.1, 0.1), seed=42)
+    pd.testing.assert_frame_equal(parts["valid"], again["valid"])
+    assert set(parts["train"]["Premise"]).isdisjoint(parts["test"]["Premise"])

@@ -1,0 +1,56 @@
+import torch
+from hydra.utils import instantiate
+
+from valharm.models import add_lora, load_adapter
+from valharm.training import IGNORE_INDEX, Example, SupervisedDataModule, collate, encode, fit_adapter
+
+
+def test_loss_is_on_the_response_only(tiny_bundle):
+    example = Example("Say hi.", "Hello there")
+    encoded = encode(tiny_bundle, example, max_length=128)
+    tok = tiny_bundle.tokenizer
+    prompt_len = len(tok(tiny_bundle.format_prompt("Say hi."), add_special_tokens=False)["input_ids"])
+    assert encoded["labels"][:prompt_len] == [IGNORE_INDEX] * prompt_len
+    assert encoded["labels"][prompt_len:] == encoded["input_ids"][prompt_len:]
+    assert encoded["labels"][-1] == tok.eos_token_id
+    assert tok.decode(encoded["input_ids"][prompt_len:], skip_special_tokens=True) == "Hello there"
+
+
+def test_long_examples_keep_the_prompt_and_cut_the_response(tiny_bundle):
+    long = Example("Say hi.", "word " * 300)
+    encoded = encode(tiny_bundle, long, max_length=64)
+    assert len(encoded["input_ids"]) == 64 and encoded["labels"][-1] != IGNORE_INDEX
+    assert encode(tiny_bundle, Example("word " * 300, "ok"), max_length=64) is None
+
+
+def test_collate_pads_right_and_masks_padding():
+    batch = collate([{"input_ids": [5, 6, 7], "labels": [-100, 6, 7]}, {"input_ids": [8], "labels": [8]}], pad_id=0)
+    assert batch["input_ids"].tolist() == [[5, 6, 7], [8, 0, 0]]
+    assert batch["labels"].tolist() == [[-100, 6, 7], [8, -100, -100]]
+    assert batch["attention_mask"].tolist() == [[1, 1, 1], [1, 0, 0]]
+
+
+def test_training_lowers_loss_keeps_best_adapter_only_and_reloads_equal(tiny_spec, tmp_path):
+    bundle = tiny_spec.load()
+    examples = [Example(f"Name a colour ({i}).", "Blue.") for i in range(16)]
+    data = SupervisedDataModule(bundle, examples[:12], examples[12:], batch_size=4, max_length=64)
+    model = add_lora(bundle.model, r=8, alpha=32, dropout=0.0, target_modules=["q_proj", "v_proj"])
+
+    def make_trainer(stage, **kwargs):
+        return instantiate({"_target_": "lightning.pytorch.Trainer", "accelerator": "cpu", "max_epochs": 3,
+                            "logger": False, "enable_checkpointing": False, "enable_progress_bar": False,
+                            "enable_model_summary": False, "num_sanity_val_steps": 0}, **kwargs)
+
+    metrics = fit_adapter(model, data, tmp_path / "adapter", make_trainer, lr=5e-3, seed=1)
+    assert metrics["steps"] == 9 and metrics["best_val_loss"] < 10.8
+    saved = sorted(p.name for p in (tmp_path / "adapter").iterdir())
+    assert "adapter_model.safetensors" in saved and "model.safetensors" not in saved
+    assert (tmp_path / "adapter" / "adapter_model.safetensors").stat().st_size < 200_000  # no frozen base
+
+    probe = collate([data.valid[0]], bundle.tokenizer.pad_token_id)
+    with torch.no_grad():
+        trained = model(**probe).logits
+        reloaded = load_adapter(tiny_spec.load().model, tmp_path / "adapter")(**probe).logits
+        base = tiny_spec.load().model(**probe).logits
+    assert torch.equal(trained, reloaded)
+    assert not torch.allclose(trained, base)

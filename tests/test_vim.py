@@ -1,0 +1,58 @@
+import random
+from collections import Counter
+
+import pandas as pd
+import pytest
+
+from valharm.aligners.vim import argument_example, argument_score, agreement_examples, build_examples, sample_rating
+from valharm.questionnaire import parse_rating
+from valharm.values import VALUES, custom, extreme
+
+
+def row(stance="in favor of", **labels):
+    return pd.Series({"Conclusion": "We should ban zoos", "Stance": stance,
+                      "Premise": "wild animals belong in nature", **{v: labels.get(v, 0) for v in VALUES}})
+
+
+def test_score_is_the_minimum_over_labelled_values():
+    scores = extreme("power").as_dict()
+    assert argument_score(row(Power=1), scores) == 6
+    assert argument_score(row(Power=1, Universalism=1), scores) == 1
+    assert argument_score(row(), scores) is None
+
+
+def test_stage1_positive_and_negative_follow_score_and_stance():
+    positive = argument_example(row("in favor of", Universalism=1), 6, threshold=3)
+    assert positive.prompt.startswith("What would you say") and "We should ban zoos" in positive.prompt
+    assert positive.response == 'I would say: "I agree with this, because wild animals belong in nature"'
+    negative = argument_example(row("against", Universalism=1), 2.9, threshold=3)
+    assert negative.prompt.startswith("What would you never say")
+    assert negative.response.startswith('I would not say: "I disagree with this, because')
+    assert argument_example(row(), 3, threshold=3).response.startswith("I would say")
+
+
+def test_stage2_rating_names_each_labelled_value_by_column():
+    scores = custom(vector=[6, 2, 1, 1, 1, 1, 1, 1, 1, 4]).as_dict()   # Achievement 6, Benevolence 2, Universalism 4
+    examples = agreement_examples(row("against", Achievement=1, Universalism=1), scores, random.Random(0))
+    assert len(examples) == 2
+    assert "I disagree that we should ban zoos. wild animals belong in nature" in examples[0].prompt
+    assert [parse_rating(e.response) for e in examples] == [6, 4]
+    assert "Achievement is very important to me" in examples[0].response
+    assert "Universalism is somewhat important to me" in examples[1].response
+
+
+def test_stage2_rating_is_floor_or_ceiling_weighted_by_fraction():
+    rng = random.Random(42)
+    draws = Counter(sample_rating(4.25, rng) for _ in range(4000))
+    assert set(draws) == {4, 5}
+    assert draws[5] / 4000 == pytest.approx(0.25, abs=0.03)
+    assert {sample_rating(3.0, rng) for _ in range(50)} == {3}
+
+
+def test_build_examples_skips_unlabelled_and_is_seeded():
+    frame = pd.DataFrame([row(Power=1), row(), row("against", Hedonism=1, Power=1)])
+    value = custom(vector=[1, 1, 1, 3.5, 5.5, 1, 1, 1, 1, 1])
+    stage1, stage2, skipped = build_examples(frame, value, threshold=3, seed=42)
+    assert skipped == 1 and len(stage1) == 2 and len(stage2) == 3
+    assert stage1[0].response.startswith("I would say") and stage1[1].response.startswith("I would say")
+    assert build_examples(frame, value, 3, 42)[1] == stage2

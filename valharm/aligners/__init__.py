@@ -1,0 +1,17 @@
+"""Aligners turn a base model and a value distribution into an aligned model (adapter or prompt)."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+
+@dataclass
+class Alignment:
+    """What an aligner hands to evaluation: the model to query and what made it."""
+
+    model: torch.nn.Module
+    adapter_dir: Path | None = None
+    system_prompt: str | None = None
+    metrics: dict = field(default_factory=dict)

@@ -1,0 +1,104 @@
+"""VIM (value injection): one LoRA adapter trained on argument generation, then agreement prediction.
+
+Stage 1 teaches which Touché arguments the persona would voice; stage 2 teaches the persona to rate
+statements on the 1-6 "like me" scale as its value scores imply. Labels are read by column name.
+"""
+from __future__ import annotations
+
+import math
+import random
+from pathlib import Path
+
+import pandas as pd
+
+from valharm.aligners import Alignment
+from valharm.data.touche import split_arguments
+from valharm.models import LoadedModel, add_lora
+from valharm.questionnaire import rating_answer, rating_prompt
+from valharm.training import Example, SupervisedDataModule, fit_adapter
+from valharm.values import VALUES, ValueDistribution
+
+STANCE_VERB = {"in favor of": "agree", "against": "disagree"}
+
+
+def labelled_values(row: pd.Series) -> list[str]:
+    return [v for v in VALUES if int(row[v]) == 1]
+
+
+def argument_score(row: pd.Series, scores: dict[str, float]) -> float | None:
+    """Target score of an argument: the lowest score among the values it is labelled with."""
+    values = labelled_values(row)
+    return min(scores[v] for v in values) if values else None
+
+
+def argument_example(row: pd.Series, score: float, threshold: float) -> Example:
+    """Stage 1: would the persona voice this argument (score >= threshold) or not."""
+    claim = f'I {STANCE_VERB[row["Stance"]]} with this, because {row["Premise"]}'
+    if score >= threshold:
+        return Example(f'What would you say about this statement? "{row["Conclusion"]}"',
+                       f'I would say: "{claim}"')
+    return Example(f'What would you never say about this statement? "{row["Conclusion"]}"',
+                   f'I would not say: "{claim}"')
+
+
+def sample_rating(score: float, rng: random.Random) -> int:
+    """A whole rating between floor and ceiling of `score`, the ceiling with probability of its fraction."""
+    low = math.floor(score)
+    fraction = score - low
+    return low if fraction == 0 else rng.choices([low, low + 1], weights=[1 - fraction, fraction])[0]
+
+
+def agreement_examples(row: pd.Series, scores: dict[str, float], rng: random.Random) -> list[Example]:
+    """Stage 2: one rating example per value the argument is labelled with."""
+    statement = f'I {STANCE_VERB[row["Stance"]]} that {lower_first(row["Conclusion"])}. {row["Premise"]}'
+    return [Example(rating_prompt(statement), rating_answer(sample_rating(scores[v], rng), v))
+            for v in labelled_values(row)]
+
+
+def lower_first(text: str) -> str:
+    return text[:1].lower() + text[1:]
+
+
+def build_examples(frame: pd.DataFrame, value: ValueDistribution, threshold: float,
+                   seed: int) -> tuple[list[Example], list[Example], int]:
+    """(stage-1 examples, stage-2 examples, number of unlabelled arguments skipped)."""
+    scores, rng = value.as_dict(), random.Random(seed)
+    stage1, stage2, skipped = [], [], 0
+    for _, row in frame.iterrows():
+        score = argument_score(row, scores)
+        if score is None:
+            skipped += 1
+            continue
+        stage1.append(argument_example(row, score, threshold))
+        stage2.extend(agreement_examples(row, scores, rng))
+    return stage1, stage2, skipped
+
+
+class VIMAligner:
+    """Train one adapter through both VIM stages; the best-validation adapter of stage 2 is kept."""
+
+    def __init__(self, name: str = "vim", threshold: float = 3.0, seed: int = 42, split: tuple = (0.8, 0.1, 0.1),
+                 max_arguments: int | None = None, lora: dict | None = None, training: dict | None = None):
+        self.name, self.threshold, self.seed, self.split = name, threshold, seed, tuple(split)
+        self.max_arguments = max_arguments
+        self.lora = dict(lora or {})
+        self.training = {"lr": 2e-5, "batch_size": 8, "max_length": 128, **(training or {})}
+
+    def align(self, bundle: LoadedModel, value: ValueDistribution, arguments: pd.DataFrame, run_dir: Path,
+              make_trainer) -> Alignment:
+        splits = split_arguments(arguments, self.split, self.seed)
+        if self.max_arguments:
+            splits = {name: part.head(self.max_arguments) for name, part in splits.items()}
+        built = {name: build_examples(part, value, self.threshold, self.seed) for name, part in splits.items()}
+        model = add_lora(bundle.model, **self.lora)
+        metrics = {"arguments": {name: len(part) for name, part in splits.items()},
+                   "unlabelled_arguments": sum(b[2] for b in built.values())}
+        stages = (("argument_generation", 0), ("agreement_prediction", 1))
+        for stage, index in stages:
+            data = SupervisedDataModule(bundle, built["train"][index], built["valid"][index],
+                                        self.training["batch_size"], self.training["max_length"], self.seed)
+            metrics[stage] = fit_adapter(model, data, run_dir / "stages" / stage, make_trainer,
+                                         lr=self.training["lr"], seed=self.seed, stage=stage)
+        adapter_dir = run_dir / "adapter"
+        model.save_pretrained(adapter_dir)
+        return Alignment(model=model, adapter_dir=adapter_dir, metrics=metrics)

@@ -1,0 +1,16 @@
+"""Evaluate a base model or a saved LoRA adapter: `python -m valharm.evaluate adapter_dir=PATH`."""
+import hydra
+from omegaconf import DictConfig
+
+from valharm import pipeline
+from valharm.errors import report_errors
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="evaluate")
+@report_errors
+def main(cfg: DictConfig):
+    pipeline.evaluate_only(cfg)
+
+
+if __name__ == "__main__":
+    main()

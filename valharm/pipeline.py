@@ -1,0 +1,177 @@
+"""Align then evaluate, one Hydra job: everything it writes goes into the job's run dir."""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import platform
+from importlib.metadata import version
+from pathlib import Path
+
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from valharm.aligners import Alignment
+from valharm.errors import ValharmError
+from valharm.tracking import flatten
+
+PACKAGES = ("valharm", "torch", "transformers", "peft", "lightning", "hydra-core", "wandb", "alt-profanity-check")
+
+
+def package_versions() -> dict:
+    found = {"python": platform.python_version()}
+    for name in PACKAGES:
+        try:
+            found[name] = version(name)
+        except Exception:  # noqa: BLE001 - an absent optional package is simply not listed
+            continue
+    return found
+
+
+def run_context() -> tuple[Path, str, str]:
+    """(run dir, job name, W&B group): a multirun's jobs share the sweep's group."""
+    hydra = HydraConfig.get()
+    run_dir = Path(hydra.runtime.output_dir)
+    if hydra.mode == RunMode.MULTIRUN:
+        group = f"{hydra.job.name}-{Path(hydra.sweep.dir).name}"
+        name = f"{group}/{hydra.job.num}:{hydra.job.override_dirname or hydra.job.name}"
+    else:
+        group = name = run_dir.name
+    return run_dir, name, group
+
+
+def json_safe(data):
+    """NaN (no valid answer) becomes null so results.json stays strict JSON."""
+    if isinstance(data, dict):
+        return {k: json_safe(v) for k, v in data.items()}
+    if isinstance(data, (list, tuple)):
+        return [json_safe(v) for v in data]
+    return None if isinstance(data, float) and math.isnan(data) else data
+
+
+def write_json_atomic(path: Path, data) -> None:
+    """Write via a temporary file so a crash never leaves a half-written results file."""
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(json_safe(data), indent=2, default=str, allow_nan=False))
+    os.replace(tmp, path)
+
+
+def build_components(cfg: DictConfig) -> dict:
+    """Instantiate every configured part first, so bad input fails before anything is trained or written."""
+    parts = {
+        "value": instantiate(cfg.value),
+        "model": instantiate(cfg.model),
+        "strategy": instantiate(cfg.prompt_strategy),
+        "generator": instantiate(cfg.generation),
+        "benchmarks": {name: instantiate(b) for name, b in cfg.benchmarks.items() if b is not None},
+        "tracker": instantiate(cfg.logger),
+    }
+    if not parts["benchmarks"]:
+        raise ValharmError("no benchmarks configured; keep at least one under benchmarks")
+    needs_scorer = any(name != "pvq40" for name in parts["benchmarks"])
+    parts["scorer"] = instantiate(cfg.scorer) if needs_scorer else None
+    return parts
+
+
+def evaluate(bundle, alignment: Alignment, parts: dict, run_dir: Path) -> tuple[dict, list[dict], dict]:
+    """Generate and score every benchmark; write generations.jsonl; return (metrics, records, info)."""
+    metrics, records, info = {}, [], {}
+    for name, benchmark in parts["benchmarks"].items():
+        requests = benchmark.requests(bundle, parts["strategy"], alignment.system_prompt)
+        outputs = parts["generator"].generate(alignment.model, bundle.tokenizer, requests, desc=name)
+        result = benchmark.evaluate(requests, outputs, parts["value"], parts["scorer"])
+        metrics[name], info[name] = result.metrics, result.info
+        records.extend(result.records)
+    with (run_dir / "generations.jsonl").open("w") as handle:
+        handle.writelines(json.dumps(r) + "\n" for r in records)
+    return metrics, records, info
+
+
+def results_record(cfg: DictConfig, parts: dict, aligner_name: str, alignment: Alignment, metrics: dict,
+                   info: dict, run_dir: Path) -> dict:
+    return {
+        "value": parts["value"].to_record(),
+        "aligner": aligner_name,
+        "model": parts["model"].name,
+        "prompt_strategy": parts["strategy"].name,
+        "scorer": parts["scorer"].record() if parts["scorer"] else None,
+        "generator": parts["generator"].name,
+        "adapter_dir": str(alignment.adapter_dir) if alignment.adapter_dir else None,
+        "training": alignment.metrics,
+        "metrics": metrics,
+        "benchmarks": info,
+        "run_dir": str(run_dir),
+        "seed": cfg.seed,
+        "versions": package_versions(),
+    }
+
+
+def run_job(cfg: DictConfig, job_type: str, align) -> dict | None:
+    """Shared job flow: build parts, skip finished runs, track, align (callback), evaluate, save."""
+    run_dir, name, group = run_context()
+    results_path = run_dir / "results.json"
+    if results_path.exists() and cfg.skip_finished:
+        print(f"valharm: {results_path} exists; skipping finished job (skip_finished=false to redo it)")
+        return json.loads(results_path.read_text())
+    parts = build_components(cfg)
+    value = parts["value"]
+    config = {**flatten(OmegaConf.to_container(cfg, resolve=True)),
+              **flatten({"value": {**value.as_dict(), "name": value.name, "coding": value.coding}})}
+    tracker = parts["tracker"]
+    tracker.start(run_dir, name, group, job_type, config)
+    exit_code = 1
+    try:
+        bundle = parts["model"].load()
+        aligner_name, alignment = align(parts, bundle, run_dir, tracker)
+        metrics, records, info = evaluate(bundle, alignment, parts, run_dir)
+        results = results_record(cfg, parts, aligner_name, alignment, metrics, info, run_dir)
+        results["wandb"] = tracker.record()
+        tracker.log_results(results, records)
+        write_json_atomic(results_path, results)
+        exit_code = 0
+    finally:
+        tracker.finish(exit_code)
+    print(f"valharm: results in {results_path}")
+    return results
+
+
+def train(cfg: DictConfig) -> dict | None:
+    """Align the base model to the value distribution, then evaluate it."""
+    logging.getLogger("lightning.pytorch").handlers.clear()  # log once, through Hydra's handlers
+
+    arguments = instantiate(cfg.dataset)
+    aligner = instantiate(cfg.aligner)
+    make_trainer = instantiate(cfg.trainer, _partial_=True)
+
+    def align(parts, bundle, run_dir, tracker):
+        def trainer_for(stage, **kwargs):
+            return make_trainer(logger=tracker.lightning_logger(stage), **kwargs)
+
+        return aligner.name, aligner.align(bundle, parts["value"], arguments, run_dir, trainer_for)
+
+    return run_job(cfg, "train", align)
+
+
+def evaluate_only(cfg: DictConfig) -> dict | None:
+    """Evaluate the base model, or the base model plus a saved LoRA adapter (`adapter_dir`)."""
+    from valharm.models import check_adapter_dir, load_adapter
+
+    adapter_dir = check_adapter_dir(cfg.adapter_dir) if cfg.adapter_dir else None
+    aligner_name = "vanilla"
+    if adapter_dir:
+        train_config = adapter_dir.parent / ".hydra" / "config.yaml"
+        if cfg.from_train_run and train_config.is_file():
+            trained = OmegaConf.load(train_config)  # evaluate with the model and value it was trained for
+            cfg.model, cfg.value, aligner_name = trained.model, trained.value, trained.aligner.name
+        else:
+            aligner_name = "adapter"
+
+    def align(parts, bundle, run_dir, tracker):
+        if adapter_dir is None:
+            return aligner_name, Alignment(model=bundle.model)
+        return aligner_name, Alignment(model=load_adapter(bundle.model, adapter_dir), adapter_dir=adapter_dir)
+
+    return run_job(cfg, "eval", align)

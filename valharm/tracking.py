@@ -1,0 +1,80 @@
+"""Experiment tracking: one W&B run per job (offline by default), or none."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+def flatten(data: dict, prefix: str = "", sep: str = "/") -> dict:
+    """{'a': {'b': 1}} -> {'a/b': 1}; lists are kept as values."""
+    flat = {}
+    for key, item in data.items():
+        name = f"{prefix}{sep}{key}" if prefix else str(key)
+        if isinstance(item, dict):
+            flat.update(flatten(item, name, sep))
+        else:
+            flat[name] = item
+    return flat
+
+
+class NoTracker:
+    """logger=none: nothing is tracked (results.json is still written)."""
+
+    run = None
+
+    def start(self, run_dir: Path, name: str, group: str, job_type: str, config: dict) -> None:
+        pass
+
+    def lightning_logger(self, stage: str):
+        return False
+
+    def log_results(self, results: dict, records: list[dict]) -> None:
+        pass
+
+    def record(self) -> dict | None:
+        return None
+
+    def finish(self, exit_code: int = 0) -> None:
+        pass
+
+
+class WandbTracker(NoTracker):
+    """A W&B run in `mode` (offline needs no login; `online` syncs to the cloud)."""
+
+    def __init__(self, project: str = "valharm", mode: str = "offline", entity: str | None = None,
+                 group: str | None = None, tags: list[str] | None = None, table_rows: int = 50):
+        self.project, self.mode, self.entity, self.group = project, mode, entity, group
+        self.tags, self.table_rows = list(tags or []), table_rows
+
+    def start(self, run_dir, name, group, job_type, config):
+        import wandb
+
+        os.environ.setdefault("WANDB_SILENT", "true")
+        self.run = wandb.init(project=self.project, entity=self.entity, mode=self.mode, dir=str(run_dir),
+                              name=name, group=self.group or group, job_type=job_type, tags=self.tags,
+                              config=config, reinit="finish_previous")
+
+    def lightning_logger(self, stage):
+        from lightning.pytorch.loggers import WandbLogger
+
+        return WandbLogger(experiment=self.run, prefix=stage)
+
+    def log_results(self, results, records):
+        import wandb
+
+        numbers = {k: v for k, v in flatten(results.get("metrics", {})).items()
+                   if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        self.run.summary.update(numbers)
+        if records:
+            columns = sorted({k for r in records for k in r})
+            rows = [[str(r.get(c, "")) for c in columns] for r in records[: self.table_rows]]
+            self.run.log({"generations": wandb.Table(columns=columns, data=rows)})
+
+    def record(self):
+        return {"project": self.project, "mode": self.mode, "group": self.run.group, "id": self.run.id,
+                "name": self.run.name, "dir": self.run.dir}
+
+    def finish(self, exit_code=0):
+        if self.run is not None:
+            self.run.finish(exit_code=exit_code)
+            self.run = None

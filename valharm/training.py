@@ -1,0 +1,156 @@
+"""Causal-LM LoRA training with Lightning: response-only loss, validation loss, best adapter kept."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader
+from transformers import get_linear_schedule_with_warmup
+
+from valharm.errors import ValharmError
+from valharm.models import LoadedModel
+
+IGNORE_INDEX = -100
+
+
+@dataclass(frozen=True)
+class Example:
+    """One supervised pair: the user's message and the answer the model should learn."""
+
+    prompt: str
+    response: str
+
+
+def encode(bundle: LoadedModel, example: Example, max_length: int) -> dict | None:
+    """Token ids with labels on the response only; the response tail is cut to fit `max_length`.
+
+    Returns None when the prompt alone fills `max_length` (nothing left to learn from).
+    """
+    tok = bundle.tokenizer
+    prompt_ids = tok(bundle.format_prompt(example.prompt), add_special_tokens=False)["input_ids"]
+    response_ids = tok(example.response, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+    room = max_length - len(prompt_ids)
+    if room <= 0:
+        return None
+    response_ids = response_ids[:room]
+    return {"input_ids": prompt_ids + response_ids,
+            "labels": [IGNORE_INDEX] * len(prompt_ids) + response_ids}
+
+
+def collate(features: Sequence[dict], pad_id: int) -> dict[str, torch.Tensor]:
+    """Right-pad a batch; padding is masked out of attention and loss."""
+    width = max(len(f["input_ids"]) for f in features)
+    ids, labels, mask = [], [], []
+    for f in features:
+        pad = width - len(f["input_ids"])
+        ids.append(f["input_ids"] + [pad_id] * pad)
+        labels.append(f["labels"] + [IGNORE_INDEX] * pad)
+        mask.append([1] * len(f["input_ids"]) + [0] * pad)
+    return {"input_ids": torch.tensor(ids), "labels": torch.tensor(labels), "attention_mask": torch.tensor(mask)}
+
+
+class SupervisedDataModule(L.LightningDataModule):
+    """Tokenised train/valid examples for one training stage."""
+
+    def __init__(self, bundle: LoadedModel, train: Sequence[Example], valid: Sequence[Example],
+                 batch_size: int = 8, max_length: int = 128, seed: int = 42):
+        super().__init__()
+        self.bundle, self.batch_size, self.seed = bundle, batch_size, seed
+        self.train = self._encode_all(train, max_length, "train")
+        self.valid = self._encode_all(valid, max_length, "valid")
+
+    def _encode_all(self, examples, max_length, split):
+        encoded = [e for e in (encode(self.bundle, x, max_length) for x in examples) if e is not None]
+        if not encoded:
+            raise ValharmError(f"no {split} examples fit in max_length={max_length} tokens "
+                               f"(given {len(examples)}); raise aligner.training.max_length or add data")
+        self.dropped = getattr(self, "dropped", 0) + len(examples) - len(encoded)
+        return encoded
+
+    def _loader(self, data, shuffle):
+        generator = torch.Generator().manual_seed(self.seed)
+        return DataLoader(data, batch_size=self.batch_size, shuffle=shuffle, generator=generator,
+                          collate_fn=lambda batch: collate(batch, self.bundle.tokenizer.pad_token_id))
+
+    def train_dataloader(self):
+        return self._loader(self.train, shuffle=True)
+
+    def val_dataloader(self):
+        return self._loader(self.valid, shuffle=False)
+
+
+class LoRACausalLM(L.LightningModule):
+    """Trains the LoRA parameters of a PEFT model with AdamW and a linear schedule."""
+
+    def __init__(self, model: torch.nn.Module, lr: float = 2e-5, weight_decay: float = 0.0, warmup_steps: int = 0):
+        super().__init__()
+        self.model = model
+        self.lr, self.weight_decay, self.warmup_steps = lr, weight_decay, warmup_steps
+
+    def training_step(self, batch, batch_idx):
+        loss = self.model(**batch).loss
+        self.log("train_loss", loss, prog_bar=True, batch_size=batch["input_ids"].shape[0])
+        return loss
+
+    def validation_step(self, batch, batch_idx):
+        loss = self.model(**batch).loss
+        self.log("val_loss", loss, prog_bar=True, on_epoch=True, batch_size=batch["input_ids"].shape[0])
+
+    def configure_optimizers(self):
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(params, lr=self.lr, weight_decay=self.weight_decay)
+        total = max(1, self.trainer.estimated_stepping_batches)
+        schedule = get_linear_schedule_with_warmup(optimizer, self.warmup_steps, total)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+
+
+class BestAdapterCheckpoint(L.Callback):
+    """Save the PEFT adapter (not the base) whenever the monitored validation loss improves."""
+
+    def __init__(self, dirpath: str | Path, monitor: str = "val_loss"):
+        self.dirpath, self.monitor = Path(dirpath), monitor
+        self.best = math.inf
+        self.best_epoch = None
+
+    def on_validation_end(self, trainer, pl_module):
+        if trainer.sanity_checking:
+            return
+        score = trainer.callback_metrics.get(self.monitor)
+        if score is not None and float(score) < self.best:
+            self.best, self.best_epoch = float(score), trainer.current_epoch
+            pl_module.model.save_pretrained(self.dirpath)
+
+
+def fit_adapter(peft_model, data: SupervisedDataModule, out_dir: Path, make_trainer: Callable[..., L.Trainer],
+                lr: float, seed: int, stage: str = "train") -> dict:
+    """Train one stage; reload the best adapter into `peft_model` and return the stage's metrics.
+
+    `make_trainer(stage=..., callbacks=..., default_root_dir=...)` builds the Lightning Trainer
+    (the `trainer` config plus the run's logger).
+    """
+    L.seed_everything(seed, workers=True, verbose=False)
+    checkpoint = BestAdapterCheckpoint(out_dir)
+    trainer = make_trainer(stage=stage, callbacks=[checkpoint], default_root_dir=str(out_dir))
+    module = LoRACausalLM(peft_model, lr=lr)
+    peft_model.train()
+    trainer.fit(module, datamodule=data)
+    peft_model.eval()
+    if checkpoint.best_epoch is None:
+        raise ValharmError(f"{stage}: validation never ran, so no adapter was kept; "
+                           "keep trainer.limit_val_batches above 0")
+    reload_adapter(peft_model, out_dir)
+    return {"best_val_loss": checkpoint.best, "best_epoch": checkpoint.best_epoch,
+            "train_examples": len(data.train), "valid_examples": len(data.valid), "dropped_examples": data.dropped,
+            "steps": trainer.global_step}
+
+
+def reload_adapter(peft_model, adapter_dir: Path) -> None:
+    """Load the saved adapter weights back into the live model (the best epoch's)."""
+    from peft import set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    set_peft_model_state_dict(peft_model, load_file(str(Path(adapter_dir) / "adapter_model.safetensors")))
