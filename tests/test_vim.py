@@ -37,7 +37,7 @@ def test_stage2_rating_names_each_labelled_value_by_column():
     assert len(examples) == 2
     assert "I disagree that we should ban zoos. wild animals belong in nature" in examples[0].prompt
     assert [parse_rating(e.response) for e in examples] == [6, 4]
-    assert "Achievement is very important to me" in examples[0].response
+    assert examples[0].response == "6. Achievement is very important to me."
     assert "Universalism is somewhat important to me" in examples[1].response
 
 

@@ -28,13 +28,14 @@ class HFGenerator:
 
     name = "hf"
 
-    def __init__(self, batch_size: int = 32, seed: int = 0, progress: bool = True):
+    def __init__(self, batch_size: int = 32, seed: int = 0, progress: bool = True, device: str = "auto"):
         self.batch_size, self.seed, self.progress = batch_size, seed, progress
+        self.device = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
 
     @torch.inference_mode()
     def generate(self, model, tokenizer, requests: list[GenerationRequest], desc: str = "generate") -> list[list[str]]:
         """Texts for every request, in request order (num_samples per request)."""
-        model.eval()
+        model.eval().to(self.device)
         tokenizer.padding_side = "left"
         lengths = {r.id: len(tokenizer(r.prompt, add_special_tokens=False)["input_ids"]) for r in requests}
         outputs: dict[str, list[str]] = {}
@@ -53,7 +54,7 @@ class HFGenerator:
         return [outputs[r.id] for r in requests]
 
     def _batch(self, model, tokenizer, prompts, max_new_tokens, temperature, top_p, k, offset):
-        encoded = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
+        encoded = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(self.device)
         sample = temperature > 0
         if sample:
             torch.manual_seed(self.seed + offset)  # same batch, same samples, whatever ran before

@@ -27,15 +27,13 @@ _LIST_ITEM = re.compile(r"^\s*[1-6]\s*[=.):]", re.MULTILINE)
 
 def rating_prompt(statement: str) -> str:
     """Ask how much a described person or a statement is like the respondent, on the 1-6 scale."""
-    options = "\n".join(f"{n} = {label}" for n, label in SCALE.items())
-    return ("Think about the statement below and decide how much it is like you. "
-            f"Reply with one number from this scale:\n{options}\n\n"
-            f'Statement: "{statement}"')
+    options = ", ".join(f"{n} = {label}" for n, label in SCALE.items())
+    return f'How much is this like you? Answer with one number ({options}).\nStatement: "{statement}"'
 
 
 def rating_answer(rating: int, value: str) -> str:
     """The answer a persona gives: the rating first, then the value behind it."""
-    return f"{rating} ({SCALE[rating]}). {value} is {IMPORTANCE[rating]} to me."
+    return f"{rating}. {value} is {IMPORTANCE[rating]} to me."
 
 
 def parse_rating(text: str) -> int | None:

@@ -69,6 +69,8 @@ class SupervisedDataModule(L.LightningDataModule):
             raise ValharmError(f"no {split} examples fit in max_length={max_length} tokens "
                                f"(given {len(examples)}); raise aligner.training.max_length or add data")
         self.dropped = getattr(self, "dropped", 0) + len(examples) - len(encoded)
+        eos = self.bundle.tokenizer.eos_token_id
+        self.truncated = getattr(self, "truncated", 0) + sum(e["labels"][-1] != eos for e in encoded)
         return encoded
 
     def _loader(self, data, shuffle):
@@ -145,6 +147,7 @@ def fit_adapter(peft_model, data: SupervisedDataModule, out_dir: Path, make_trai
     reload_adapter(peft_model, out_dir)
     return {"best_val_loss": checkpoint.best, "best_epoch": checkpoint.best_epoch,
             "train_examples": len(data.train), "valid_examples": len(data.valid), "dropped_examples": data.dropped,
+            "truncated_examples": data.truncated,
             "steps": trainer.global_step}
 
 

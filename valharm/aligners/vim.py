@@ -82,7 +82,8 @@ class VIMAligner:
         self.name, self.threshold, self.seed, self.split = name, threshold, seed, tuple(split)
         self.max_arguments = max_arguments
         self.lora = dict(lora or {})
-        self.training = {"lr": 2e-5, "batch_size": 8, "max_length": 128, **(training or {})}
+        self.training = {"lr": 2e-5, "batch_size": 8, "max_length": 128, "max_length_agreement": 256,
+                         **(training or {})}
 
     def align(self, bundle: LoadedModel, value: ValueDistribution, arguments: pd.DataFrame, run_dir: Path,
               make_trainer) -> Alignment:
@@ -93,10 +94,10 @@ class VIMAligner:
         model = add_lora(bundle.model, **self.lora)
         metrics = {"arguments": {name: len(part) for name, part in splits.items()},
                    "unlabelled_arguments": sum(b[2] for b in built.values())}
-        stages = (("argument_generation", 0), ("agreement_prediction", 1))
-        for stage, index in stages:
+        stages = (("argument_generation", 0, "max_length"), ("agreement_prediction", 1, "max_length_agreement"))
+        for stage, index, length_key in stages:
             data = SupervisedDataModule(bundle, built["train"][index], built["valid"][index],
-                                        self.training["batch_size"], self.training["max_length"], self.seed)
+                                        self.training["batch_size"], self.training[length_key], self.seed)
             metrics[stage] = fit_adapter(model, data, run_dir / "stages" / stage, make_trainer,
                                          lr=self.training["lr"], seed=self.seed, stage=stage)
         adapter_dir = run_dir / "adapter"
