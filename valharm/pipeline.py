@@ -129,13 +129,20 @@ def run_job(cfg: DictConfig, job_type: str, align) -> dict | None:
         metrics, records, info = evaluate(bundle, alignment, parts, run_dir)
         results = results_record(cfg, parts, aligner_name, alignment, metrics, info, run_dir)
         results["wandb"] = tracker.record()
-        tracker.log_results(results, records)
         write_json_atomic(results_path, results)
+        tracker.log_results(results, records)
         exit_code = 0
     finally:
         tracker.finish(exit_code)
     print(f"valharm: results in {results_path}")
     return results
+
+
+def dataset_record(dataset: DictConfig, size: int) -> dict:
+    from valharm.data.touche import SAMPLE_PATH
+
+    source = dataset.hub_id or dataset.path or str(SAMPLE_PATH)
+    return {"source": str(source), "arguments": size, "shipped_sample": not (dataset.hub_id or dataset.path)}
 
 
 def train(cfg: DictConfig) -> dict | None:
@@ -150,7 +157,9 @@ def train(cfg: DictConfig) -> dict | None:
         def trainer_for(stage, **kwargs):
             return make_trainer(logger=tracker.lightning_logger(stage), **kwargs)
 
-        return aligner.name, aligner.align(bundle, parts["value"], arguments, run_dir, trainer_for)
+        alignment = aligner.align(bundle, parts["value"], arguments, run_dir, trainer_for)
+        alignment.metrics["dataset"] = dataset_record(cfg.dataset, len(arguments))
+        return aligner.name, alignment
 
     return run_job(cfg, "train", align)
 

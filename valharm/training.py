@@ -62,15 +62,15 @@ class SupervisedDataModule(L.LightningDataModule):
         self.bundle, self.batch_size, self.seed = bundle, batch_size, seed
         self.train = self._encode_all(train, max_length, "train")
         self.valid = self._encode_all(valid, max_length, "valid")
+        self.dropped = len(train) + len(valid) - len(self.train) - len(self.valid)
+        eos = bundle.tokenizer.eos_token_id
+        self.truncated = sum(e["labels"][-1] != eos for e in self.train + self.valid)
 
     def _encode_all(self, examples, max_length, split):
         encoded = [e for e in (encode(self.bundle, x, max_length) for x in examples) if e is not None]
         if not encoded:
             raise ValharmError(f"no {split} examples fit in max_length={max_length} tokens "
-                               f"(given {len(examples)}); raise aligner.training.max_length or add data")
-        self.dropped = getattr(self, "dropped", 0) + len(examples) - len(encoded)
-        eos = self.bundle.tokenizer.eos_token_id
-        self.truncated = getattr(self, "truncated", 0) + sum(e["labels"][-1] != eos for e in encoded)
+                               f"(given {len(examples)}); raise the aligner's max_length or add data")
         return encoded
 
     def _loader(self, data, shuffle):
