@@ -1,3 +1,5 @@
+import math
+
 import pytest
 
 from valharm.benchmarks.pvq40 import PVQ40, load_items
@@ -57,7 +59,10 @@ def test_pvq_counts_unparseable_answers(tiny_bundle):
     outputs = [["6"] if "Power" == v else ["no idea"] for v in bench.items["value"]]
     result = bench.evaluate(requests, outputs, extreme("power"))
     assert result.metrics["invalid"] == 9 and result.metrics["scores"]["Power"] == 6
-    assert result.metrics["nmse"] == 0.0 and result.info["shipped_sample"]
+    assert math.isnan(result.metrics["nmse"]) and result.metrics["nmse_scored_values"] == 0.0
+    assert len(result.metrics["values_without_valid_answer"]) == 9 and result.info["shipped_sample"]
+    outputs = [["6"] if "Power" == v else ["2 - not like me"] for v in bench.items["value"]]
+    assert bench.evaluate(requests, outputs, extreme("power")).metrics["nmse"] == pytest.approx(9 * 0.04 / 10)
 
 
 def test_pvq_items_file_is_checked(tmp_path, shared_data):

@@ -100,7 +100,9 @@ def test_pvq_scores_and_nmse_by_hand():
     assert math.isnan(scores["Hedonism"])  # unparseable answers are never guessed
     target = V.extreme("power").as_dict()
     # Only Power differs among the 9 scored values: ((5.5-1)/5 - (6-1)/5)^2 = 0.01, mean over 9 values.
-    assert V.nmse(scores, target) == pytest.approx(0.01 / 9)
+    assert V.nmse_scored(scores, target) == pytest.approx(0.01 / 9)
+    assert math.isnan(V.nmse(scores, target))  # Hedonism has no answer: no full NMSE
+    assert V.nmse({**scores, "Hedonism": 2.0}, target) == pytest.approx((0.01 + 0.04) / 10)
     assert V.nmse(target, target) == 0
 
 

@@ -147,7 +147,8 @@ def dataset_record(dataset: DictConfig, size: int) -> dict:
 
 def train(cfg: DictConfig) -> dict | None:
     """Align the base model to the value distribution, then evaluate it."""
-    logging.getLogger("lightning.pytorch").handlers.clear()  # log once, through Hydra's handlers
+    for name in ("lightning", "lightning.pytorch", "lightning.fabric"):
+        logging.getLogger(name).handlers.clear()  # log once, through Hydra's handlers
 
     arguments = instantiate(cfg.dataset)
     aligner = instantiate(cfg.aligner)

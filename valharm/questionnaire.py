@@ -26,9 +26,14 @@ _LIST_ITEM = re.compile(r"^\s*[1-6]\s*[=.):]", re.MULTILINE)
 
 
 def rating_prompt(statement: str) -> str:
-    """Ask how much a described person or a statement is like the respondent, on the 1-6 scale."""
+    """Ask how much a described person (or what they say) is like the respondent, on the 1-6 scale.
+
+    Framing the text as a description of a person and ending on the instruction keeps small chat
+    models answering with a rating (SmolLM2: 29 of the 40 PVQ items parse, against 5-16 for other phrasings).
+    """
     options = ", ".join(f"{n} = {label}" for n, label in SCALE.items())
-    return f'How much is this like you? Answer with one number ({options}).\nStatement: "{statement}"'
+    return (f'Here is a description of a person: "{statement}"\n'
+            f"How much is this person like you? Reply with only one number from 1 to 6 ({options}).")
 
 
 def rating_answer(rating: int, value: str) -> str:

@@ -215,10 +215,18 @@ def pvq_value_scores(ratings: Mapping[int, int | None], item_values: Mapping[int
 
 
 def nmse(predicted: Mapping[str, float], target: Mapping[str, float]) -> float:
-    """Mean over values of the squared difference of scores rescaled from 1-6 to 0-1.
+    """Mean over the 10 values of the squared difference of scores rescaled from 1-6 to 0-1.
 
-    Values without a predicted score (NaN) are left out; NaN if none is left.
+    NaN when any value has no predicted score: a partial mean would hide exactly the values the
+    model failed on (see `nmse_scored` for the mean over the values that have a score).
     """
+    if any(math.isnan(predicted.get(v, float("nan"))) for v in VALUES):
+        return float("nan")
+    return nmse_scored(predicted, target)
+
+
+def nmse_scored(predicted: Mapping[str, float], target: Mapping[str, float]) -> float:
+    """NMSE over the values that have a predicted score; NaN if none has."""
     diffs = [((predicted[v] - 1) / 5 - (target[v] - 1) / 5) ** 2 for v in VALUES
              if not math.isnan(predicted.get(v, float("nan")))]
     return float(np.mean(diffs)) if diffs else float("nan")

@@ -10,7 +10,7 @@ from valharm.data import SAMPLES_DIR
 from valharm.errors import ValharmError
 from valharm.generation import GenerationRequest
 from valharm.questionnaire import parse_rating, rating_prompt
-from valharm.values import VALUES, nmse, pvq_value_scores
+from valharm.values import VALUES, nmse, nmse_scored, pvq_value_scores
 
 SAMPLE_PATH = SAMPLES_DIR / "pvq_sample.csv"
 
@@ -52,7 +52,8 @@ class PVQ40:
         ratings = {int(row.item): parse_rating(texts[0]) for row, texts in zip(self.items.itertuples(), outputs)}
         item_values = dict(zip(self.items["item"].astype(int), self.items["value"]))
         scores = pvq_value_scores(ratings, item_values)
-        metrics = {"nmse": nmse(scores, value.as_dict()), "scores": scores,
+        metrics = {"nmse": nmse(scores, value.as_dict()), "nmse_scored_values": nmse_scored(scores, value.as_dict()),
+                   "scores": scores,
                    "items": len(ratings), "invalid": sum(r is None for r in ratings.values()),
                    "values_without_valid_answer": [v for v in VALUES if scores[v] != scores[v]]}
         records = [{"benchmark": self.name, "id": r.id, "item": item, "value": item_values[item],
