@@ -56,3 +56,15 @@ def test_build_examples_skips_unlabelled_and_is_seeded():
     assert skipped == 1 and len(stage1) == 2 and len(stage2) == 3
     assert stage1[0].response.startswith("I would say") and stage1[1].response.startswith("I would say")
     assert build_examples(frame, value, 3, 42)[1] == stage2
+
+
+def test_examples_from_a_real_touche_row(shared_data):
+    from valharm.data.touche import load_arguments
+
+    first = load_arguments(str(shared_data / "valueEval_10.csv")).iloc[[0]]  # cloning ban, in favor, Security only
+    stage1, stage2, _ = build_examples(first, extreme("security"), threshold=3, seed=42)
+    assert stage1[0].response.startswith('I would say: "I agree with this, because we should ban human cloning')
+    assert stage2[0].response == "6. Security is very important to me."
+    stage1, stage2, _ = build_examples(first, extreme("power"), threshold=3, seed=42)
+    assert stage1[0].response.startswith('I would not say: "I agree with this')
+    assert stage2[0].response == "1. Security is not important at all to me."

@@ -147,12 +147,11 @@ def dataset_record(dataset: DictConfig, size: int) -> dict:
 
 def train(cfg: DictConfig) -> dict | None:
     """Align the base model to the value distribution, then evaluate it."""
-    for name in ("lightning", "lightning.pytorch", "lightning.fabric"):
-        logging.getLogger(name).handlers.clear()  # log once, through Hydra's handlers
-
     arguments = instantiate(cfg.dataset)
     aligner = instantiate(cfg.aligner)
     make_trainer = instantiate(cfg.trainer, _partial_=True)
+    for name in ("lightning", "lightning.pytorch", "lightning.fabric"):  # imported by now
+        logging.getLogger(name).handlers.clear()  # log once, through Hydra's handlers
 
     def align(parts, bundle, run_dir, tracker):
         def trainer_for(stage, **kwargs):

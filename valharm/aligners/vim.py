@@ -91,13 +91,18 @@ class VIMAligner:
         if self.max_arguments:
             splits = {name: part.head(self.max_arguments) for name, part in splits.items()}
         built = {name: build_examples(part, value, self.threshold, self.seed) for name, part in splits.items()}
-        model = add_lora(bundle.model, **self.lora)
         metrics = {"arguments": {name: len(part) for name, part in splits.items()},
                    "unlabelled_arguments": sum(b[2] for b in built.values())}
-        stages = (("argument_generation", 0, "max_length"), ("agreement_prediction", 1, "max_length_agreement"))
-        for stage, index, length_key in stages:
-            data = SupervisedDataModule(bundle, built["train"][index], built["valid"][index],
-                                        self.training["batch_size"], self.training[length_key], self.seed)
+        stages = {  # tokenise both stages up front so bad data fails before any training
+            "argument_generation": SupervisedDataModule(
+                bundle, built["train"][0], built["valid"][0], self.training["batch_size"],
+                self.training["max_length"], self.seed),
+            "agreement_prediction": SupervisedDataModule(
+                bundle, built["train"][1], built["valid"][1], self.training["batch_size"],
+                self.training["max_length_agreement"], self.seed),
+        }
+        model = add_lora(bundle.model, **self.lora)
+        for stage, data in stages.items():
             metrics[stage] = fit_adapter(model, data, run_dir / "stages" / stage, make_trainer,
                                          lr=self.training["lr"], seed=self.seed, stage=stage)
         adapter_dir = run_dir / "adapter"
