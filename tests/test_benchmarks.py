@@ -42,9 +42,9 @@ def test_scores_are_cached_by_scorer_and_text(tmp_path):
     assert scorer.calls == [["ab", "abcd"]] and again.calls == [["xyz"]]
 
 
-def test_rtp_evaluate_reduces_k_samples_per_prompt(tmp_path):
+def test_rtp_evaluate_reduces_k_samples_per_prompt(tiny_bundle):
     bench = RealToxicityPrompts(num_prompts=2, num_samples=2)
-    requests = bench.requests(None, PromptStrategy())
+    requests = bench.requests(tiny_bundle, PromptStrategy())  # SmolLM2's tokenizer adds no BOS
     assert [r.prompt for r in requests] == bench.prompts and requests[0].num_samples == 2
     outputs = [["x" * 80, "x" * 10], ["x" * 20, ""]]
     result = bench.evaluate(requests, outputs, extreme("power"), CountingScorer())
@@ -70,3 +70,21 @@ def test_pvq_items_file_is_checked(tmp_path, shared_data):
     with pytest.raises(ValharmError, match="unknown values \\['Powr'\\]"):
         load_items(tmp_path / "bad.csv")
     assert len(load_items(shared_data / "pvq40.csv")) == 40
+
+
+class BosTokenizer:
+    """Stands in for a Llama-style tokenizer that starts every input with BOS (id 1)."""
+
+    bos_token, bos_token_id = "<s>", 1
+
+    def __call__(self, text):
+        return {"input_ids": [1, 42]}
+
+
+def test_raw_prompts_start_with_bos_for_tokenizers_that_expect_it():
+    from valharm.models import LoadedModel
+
+    bundle = LoadedModel("llama-like", model=None, tokenizer=BosTokenizer(), prompt_format="plain")
+    request = RealToxicityPrompts(num_prompts=1, num_samples=1).requests(bundle, PromptStrategy())[0]
+    assert request.prompt.startswith("<s>When the referee")
+    assert bundle.format_prompt("Hi").startswith("<s>### Instruction:")

@@ -25,7 +25,12 @@ def compose_train(*overrides):
 def test_every_option_composes_and_instantiates(group, option, shared_data, monkeypatch):
     monkeypatch.setenv("VALHARM_DATA_DIR", str(shared_data))
     cfg = compose_train(f"{group}={option}")
-    obj = instantiate(cfg[group], _partial_=group == "trainer")
+    if group == "logger":
+        from valharm.pipeline import build_tracker
+
+        obj = build_tracker(cfg.logger)
+    else:
+        obj = instantiate(cfg[group], _partial_=group == "trainer")
     assert obj is not None
     if group == "value":
         assert set(obj.as_dict()) == set(VALUES)
@@ -58,6 +63,15 @@ def test_study_training_defaults():
     assert cfg.trainer.max_epochs == 5 and cfg.seed == 42 and cfg.aligner.threshold == 3
 
 
+def test_wandb_mode_is_set_as_logger_wandb_mode():
+    from valharm.pipeline import build_tracker
+    from valharm.tracking import NoTracker, WandbTracker
+
+    tracker = build_tracker(compose_train("logger=wandb", "logger.wandb.mode=online").logger)
+    assert isinstance(tracker, WandbTracker) and tracker.mode == "online"
+    assert isinstance(build_tracker(compose_train("logger=none").logger), NoTracker)
+
+
 def test_custom_scores_from_the_command_line():
     value = instantiate(compose_train("value=custom", "value.scores.power=6", "value.scores.hedonism=4.5").value)
     assert value.as_dict()["Power"] == 6 and value.as_dict()["Hedonism"] == 4.5
@@ -75,5 +89,5 @@ def test_ess_option_sweeps_anchor_and_rank(shared_data, monkeypatch):
 def test_evaluate_config_composes():
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         cfg = compose("evaluate", overrides=["model=tiny", "adapter_dir=/x/adapter"])
-    assert cfg.adapter_dir == "/x/adapter" and cfg.from_train_run
+    assert cfg.adapter_dir == "/x/adapter"
     assert Path(CONF / "evaluate.yaml").is_file()

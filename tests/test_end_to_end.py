@@ -7,7 +7,7 @@ import pytest
 from conftest import run_cli
 from wandb_log import run_record, summary
 
-FAST = ["model=tiny", "trainer.max_epochs=1", "benchmarks.rtp.num_samples=2", "benchmarks.rtp.num_prompts=4",
+FAST = ["model=tiny", "trainer.max_epochs=1", "aligner.training.lr=0.01", "benchmarks.rtp.num_samples=2", "benchmarks.rtp.num_prompts=4",
         "generation.progress=false", "trainer.enable_progress_bar=false"]
 
 
@@ -37,7 +37,10 @@ def test_multirun_writes_one_run_dir_per_value(sweep):
         assert r["scorer"]["offline"] and "OFFLINE" in r["scorer"]["description"]
         assert r["benchmarks"]["pvq40"]["shipped_sample"]
         assert set(r["metrics"]["pvq40"]["scores"]) == set(r["value"]["scores"])
-        assert r["metrics"]["pvq40"]["items"] == 10 and 0 <= r["metrics"]["pvq40"]["invalid"] <= 10
+        pvq = [json.loads(line) for line in (d / "generations.jsonl").read_text().splitlines()
+               if json.loads(line)["benchmark"] == "pvq40"]
+        assert r["metrics"]["pvq40"]["items"] == len(pvq) == 10
+        assert r["metrics"]["pvq40"]["invalid"] == sum(g["rating"] is None for g in pvq)
         assert 0 <= r["metrics"]["rtp"]["expected_max_toxicity"] <= 1
         assert r["metrics"]["rtp"]["toxicity_probability"] in (0, 0.25, 0.5, 0.75, 1)
         assert (d / "adapter" / "adapter_model.safetensors").is_file()
@@ -72,16 +75,36 @@ def test_rerun_skips_finished_jobs(sweep):
     assert (first / "results.json").read_text() == before
 
 
+def pvq_texts(run_dir: Path) -> list[str]:
+    lines = (run_dir / "generations.jsonl").read_text().splitlines()
+    return [json.loads(line)["text"] for line in lines if json.loads(line)["benchmark"] == "pvq40"]
+
+
 @pytest.mark.slow
 def test_evaluate_an_adapter_dir_alone(sweep, tmp_path):
-    adapter = run_dirs(sweep)[1] / "adapter"
-    out = run_cli("valharm.evaluate", f"adapter_dir={adapter}", "~benchmark@benchmarks.rtp", "logger=none",
-                  "generation.progress=false", f"hydra.run.dir={tmp_path}/eval", cwd=tmp_path)
+    trained_dir = run_dirs(sweep)[1]
+    common = ["~benchmark@benchmarks.rtp", "logger=none", "generation.progress=false"]
+    out = run_cli("valharm.evaluate", f"adapter_dir={trained_dir / 'adapter'}", *common,
+                  f"hydra.run.dir={tmp_path}/eval", cwd=tmp_path)
     assert out.returncode == 0, out.stderr[-3000:]
     results = json.loads((tmp_path / "eval" / "results.json").read_text())
     assert results["value"]["name"] == "hedonism" and results["model"] == "tiny" and results["aligner"] == "vim"
-    trained = json.loads((run_dirs(sweep)[1] / "results.json").read_text())
-    assert results["metrics"]["pvq40"] == trained["metrics"]["pvq40"]  # greedy: same adapter, same answers
+    # Greedy answers: the same adapter gives the same texts, the base model without it does not.
+    assert pvq_texts(tmp_path / "eval") == pvq_texts(trained_dir)
+    out = run_cli("valharm.evaluate", "model=tiny", *common, f"hydra.run.dir={tmp_path}/vanilla", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert json.loads((tmp_path / "vanilla" / "results.json").read_text())["aligner"] == "vanilla"
+    assert pvq_texts(tmp_path / "vanilla") != pvq_texts(trained_dir)
+
+
+@pytest.mark.slow
+def test_evaluate_respects_a_value_given_on_the_command_line(sweep, tmp_path):
+    out = run_cli("valharm.evaluate", f"adapter_dir={run_dirs(sweep)[1] / 'adapter'}", "value=power",
+                  "~benchmark@benchmarks.rtp", "logger=none", "generation.progress=false",
+                  f"hydra.run.dir={tmp_path}/eval", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    results = json.loads((tmp_path / "eval" / "results.json").read_text())
+    assert results["value"]["name"] == "power" and results["model"] == "tiny"
 
 
 BAD_INPUTS = {

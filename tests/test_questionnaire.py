@@ -18,6 +18,17 @@ from valharm.questionnaire import SCALE, parse_rating, rating_answer, rating_pro
     ("1 = not like me at all\n2 = not like me\n3 = a", None),   # the scale echoed back is no answer
     ("1. Not like me\n2. Not like me\n3.", None),
     ("4. Somewhat like me, because I care.", 4),
+    ("He is nothing like me", None),                # labels inside other phrases are not answers
+    ("not really like me", None),
+    ("a bit like me", None),
+    ("Not very much like me", None),
+    ("This person is not like me.", 2),
+    ("Answer: very much like me", 6),
+    ("On a scale from 1 to 6, I'd say 4", 4),      # the range is not the rating
+    ("Rating (1-6): 5", 5),
+    ("4 out of 6", 4),
+    ("1.5", None),
+    ("2nd option", None),
 ])
 def test_first_valid_rating_is_parsed(text, rating):
     assert parse_rating(text) == rating

@@ -41,8 +41,11 @@ def test_training_lowers_loss_keeps_best_adapter_only_and_reloads_equal(tiny_spe
                             "logger": False, "enable_checkpointing": False, "enable_progress_bar": False,
                             "enable_model_summary": False, "num_sanity_val_steps": 0}, **kwargs)
 
+    valid = collate(data.valid, bundle.tokenizer.pad_token_id)
+    with torch.no_grad():
+        before = model(**valid).loss.item()
     metrics = fit_adapter(model, data, tmp_path / "adapter", make_trainer, lr=5e-3, seed=1)
-    assert metrics["steps"] == 9 and metrics["best_val_loss"] < 10.8
+    assert metrics["steps"] == 9 and metrics["best_val_loss"] < before - 0.5
     saved = sorted(p.name for p in (tmp_path / "adapter").iterdir())
     assert "adapter_model.safetensors" in saved and "model.safetensors" not in saved
     assert (tmp_path / "adapter" / "adapter_model.safetensors").stat().st_size < 200_000  # no frozen base
@@ -54,3 +57,31 @@ def test_training_lowers_loss_keeps_best_adapter_only_and_reloads_equal(tiny_spe
         base = tiny_spec.load().model(**probe).logits
     assert torch.equal(trained, reloaded)
     assert not torch.allclose(trained, base)
+
+
+class FakeTrainer:
+    sanity_checking = False
+
+    def __init__(self):
+        self.callback_metrics, self.current_epoch = {}, 0
+
+
+class FakeModule:
+    def __init__(self):
+        self.model = self
+        self.saves = []
+
+    def save_pretrained(self, path):
+        self.saves.append(self.epoch)
+
+
+def test_checkpoint_keeps_the_best_epoch_not_the_last(tmp_path):
+    from valharm.training import BestAdapterCheckpoint
+
+    checkpoint, trainer, module = BestAdapterCheckpoint(tmp_path), FakeTrainer(), FakeModule()
+    for epoch, loss in enumerate([2.0, 1.0, 1.5, 3.0]):
+        trainer.current_epoch, module.epoch = epoch, epoch
+        trainer.callback_metrics = {"val_loss": torch.tensor(loss)}
+        checkpoint.on_validation_end(trainer, module)
+    assert module.saves == [0, 1]
+    assert checkpoint.best == 1.0 and checkpoint.best_epoch == 1

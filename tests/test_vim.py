@@ -4,7 +4,7 @@ from collections import Counter
 import pandas as pd
 import pytest
 
-from valharm.aligners.vim import argument_example, argument_score, agreement_examples, build_examples, sample_rating
+from valharm.aligners.vim import agreement_example, argument_example, argument_score, build_examples, sample_rating
 from valharm.questionnaire import parse_rating
 from valharm.values import VALUES, custom, extreme
 
@@ -31,14 +31,13 @@ def test_stage1_positive_and_negative_follow_score_and_stance():
     assert argument_example(row(), 3, threshold=3).response.startswith("I would say")
 
 
-def test_stage2_rating_names_each_labelled_value_by_column():
+def test_stage2_rates_by_the_lowest_labelled_value_read_by_column():
     scores = custom(vector=[6, 2, 1, 1, 1, 1, 1, 1, 1, 4]).as_dict()   # Achievement 6, Benevolence 2, Universalism 4
-    examples = agreement_examples(row("against", Achievement=1, Universalism=1), scores, random.Random(0))
-    assert len(examples) == 2
-    assert "I disagree that we should ban zoos. wild animals belong in nature" in examples[0].prompt
-    assert [parse_rating(e.response) for e in examples] == [6, 4]
-    assert examples[0].response == "6. Achievement is very important to me."
-    assert "Universalism is somewhat important to me" in examples[1].response
+    example = agreement_example(row("against", Achievement=1, Universalism=1), scores, random.Random(0))
+    assert "I disagree that we should ban zoos. wild animals belong in nature" in example.prompt
+    assert example.response == "4. Universalism is somewhat important to me."
+    example = agreement_example(row("in favor of", Achievement=1), scores, random.Random(0))
+    assert example.response == "6. Achievement is very important to me."
 
 
 def test_stage2_rating_is_floor_or_ceiling_weighted_by_fraction():
@@ -53,7 +52,9 @@ def test_build_examples_skips_unlabelled_and_is_seeded():
     frame = pd.DataFrame([row(Power=1), row(), row("against", Hedonism=1, Power=1)])
     value = custom(vector=[1, 1, 1, 3.5, 5.5, 1, 1, 1, 1, 1])
     stage1, stage2, skipped = build_examples(frame, value, threshold=3, seed=42)
-    assert skipped == 1 and len(stage1) == 2 and len(stage2) == 3
+    assert skipped == 1 and len(stage1) == 2 and len(stage2) == 2
+    assert parse_rating(stage2[0].response) in (5, 6)  # Power 5.5: floor or ceiling
+    assert "Hedonism" in stage2[1].response  # 3.5 < 5.5: Hedonism sets the target
     assert stage1[0].response.startswith("I would say") and stage1[1].response.startswith("I would say")
     assert build_examples(frame, value, 3, 42)[1] == stage2
 

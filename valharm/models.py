@@ -47,8 +47,16 @@ class LoadedModel:
             messages = ([{"role": "system", "content": system}] if system else []) + [
                 {"role": "user", "content": user}]
             return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-        bos = self.tokenizer.bos_token or ""
-        return bos + PLAIN_TEMPLATE.format(system=f"{system}\n\n" if system else "", user=user)
+        return self.bos_text() + PLAIN_TEMPLATE.format(system=f"{system}\n\n" if system else "", user=user)
+
+    def bos_text(self) -> str:
+        """The BOS token as text when this tokenizer normally starts inputs with it (Llama, Gemma), else ''.
+
+        Prompts are tokenised without adding special tokens, so text prompts carry it themselves.
+        """
+        tok = self.tokenizer
+        ids = tok("a")["input_ids"]
+        return tok.bos_token if tok.bos_token and ids and ids[0] == tok.bos_token_id else ""
 
 
 def prepare_tokenizer(tokenizer, prompt_format: str, name: str):
@@ -149,6 +157,7 @@ class TinyLlama:
     hidden_size: int = 64
     num_layers: int = 2
     num_heads: int = 4
+    init_std: float = 0.2  # larger than Llama's 0.02 so greedy outputs vary with prompt and weights
     seed: int = 0
     dtype: str = "float32"
     prompt_format: str = "chat"
@@ -168,7 +177,7 @@ class TinyLlama:
             num_hidden_layers=self.num_layers, num_attention_heads=self.num_heads,
             num_key_value_heads=self.num_heads, max_position_embeddings=512,
             bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-            pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=True)
+            pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=True, initializer_range=self.init_std)
         with torch.random.fork_rng():
             torch.manual_seed(self.seed)
             model = LlamaForCausalLM(config).to(torch_dtype(self.dtype))

@@ -1,6 +1,7 @@
 """Align then evaluate, one Hydra job: everything it writes goes into the job's run dir."""
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
@@ -18,7 +19,19 @@ from valharm.aligners import Alignment
 from valharm.errors import ValharmError
 from valharm.tracking import flatten
 
+ADAPTER_ORIGIN = "valharm.yaml"  # written next to a trained adapter: aligner, model and value configs
 PACKAGES = ("valharm", "torch", "transformers", "peft", "lightning", "hydra-core", "wandb", "alt-profanity-check")
+
+
+def short_dirname(overrides: str, limit: int = 80) -> str:
+    """A run subdir name from Hydra's override string: no '/', and hashed when it gets long."""
+    name = overrides.replace("/", "%")
+    if len(name) <= limit:
+        return name
+    return f"{name[:limit - 9]}_{hashlib.sha1(name.encode()).hexdigest()[:8]}"
+
+
+OmegaConf.register_new_resolver("valharm_dirname", short_dirname, replace=True)
 
 
 def package_versions() -> dict:
@@ -59,6 +72,16 @@ def write_json_atomic(path: Path, data) -> None:
     os.replace(tmp, path)
 
 
+def build_tracker(logger_cfg: DictConfig | None):
+    """The configured tracker (`logger=wandb`), or none (`logger=none`)."""
+    from valharm.tracking import NoTracker
+
+    configs = [c for c in (logger_cfg or {}).values() if c is not None]
+    if len(configs) > 1:
+        raise ValharmError(f"one logger at a time, got {', '.join(logger_cfg)}; choose one with logger=...")
+    return instantiate(configs[0]) if configs else NoTracker()
+
+
 def build_components(cfg: DictConfig) -> dict:
     """Instantiate every configured part first, so bad input fails before anything is trained or written."""
     parts = {
@@ -67,7 +90,7 @@ def build_components(cfg: DictConfig) -> dict:
         "strategy": instantiate(cfg.prompt_strategy),
         "generator": instantiate(cfg.generation),
         "benchmarks": {name: instantiate(b) for name, b in cfg.benchmarks.items() if b is not None},
-        "tracker": instantiate(cfg.logger),
+        "tracker": build_tracker(cfg.logger),
     }
     if not parts["benchmarks"]:
         raise ValharmError("no benchmarks configured; keep at least one under benchmarks")
@@ -123,6 +146,8 @@ def run_job(cfg: DictConfig, job_type: str, align) -> dict | None:
     tracker = parts["tracker"]
     tracker.start(run_dir, name, group, job_type, config)
     exit_code = 1
+    if results_path.exists():  # a redo: keep the earlier results aside, never beside half-new outputs
+        os.replace(results_path, run_dir / "results.previous.json")
     try:
         bundle = parts["model"].load()
         aligner_name, alignment = align(parts, bundle, run_dir, tracker)
@@ -159,24 +184,38 @@ def train(cfg: DictConfig) -> dict | None:
 
         alignment = aligner.align(bundle, parts["value"], arguments, run_dir, trainer_for)
         alignment.metrics["dataset"] = dataset_record(cfg.dataset, len(arguments))
+        OmegaConf.save({"aligner": aligner.name, "model": cfg.model, "value": cfg.value},
+                       alignment.adapter_dir / ADAPTER_ORIGIN, resolve=True)
         return aligner.name, alignment
 
     return run_job(cfg, "train", align)
 
 
+def given_on_command_line(key: str) -> bool:
+    names = (o.lstrip("+~").split("=")[0].split("@")[0] for o in HydraConfig.get().overrides.task)
+    return any(n == key or n.startswith(f"{key}.") for n in names)
+
+
 def evaluate_only(cfg: DictConfig) -> dict | None:
-    """Evaluate the base model, or the base model plus a saved LoRA adapter (`adapter_dir`)."""
+    """Evaluate the base model, or the base model plus a saved LoRA adapter (`adapter_dir`).
+
+    An adapter trained by valharm carries the model and value it was trained for (valharm.yaml);
+    they are used unless `model=` / `value=` are given on the command line.
+    """
     from valharm.models import check_adapter_dir, load_adapter
 
     adapter_dir = check_adapter_dir(cfg.adapter_dir) if cfg.adapter_dir else None
     aligner_name = "vanilla"
     if adapter_dir:
-        train_config = adapter_dir.parent / ".hydra" / "config.yaml"
-        if cfg.from_train_run and train_config.is_file():
-            trained = OmegaConf.load(train_config)  # evaluate with the model and value it was trained for
-            cfg.model, cfg.value, aligner_name = trained.model, trained.value, trained.aligner.name
-        else:
-            aligner_name = "adapter"
+        origin = adapter_dir / ADAPTER_ORIGIN
+        trained = OmegaConf.load(origin) if origin.is_file() else None
+        aligner_name = trained.aligner if trained else "adapter"
+        for key in ("model", "value"):
+            if trained and not given_on_command_line(key):
+                cfg[key] = trained[key]
+            elif not trained and not given_on_command_line(key):
+                print(f"valharm: {adapter_dir} has no {ADAPTER_ORIGIN}; using the default {key}="
+                      f"{cfg[key].name} (pass {key}=... to choose)")
 
     def align(parts, bundle, run_dir, tracker):
         if adapter_dir is None:

@@ -15,7 +15,7 @@ class PromptStrategy:
         parts = [p for p in (system, self.system) if p]
         return bundle.format_prompt(user, "\n\n".join(parts) or None)
 
-    def raw(self, text: str, system: str | None = None) -> str:
+    def raw(self, bundle: LoadedModel, text: str, system: str | None = None) -> str:
         """A text the model continues (no chat template); instructions, if any, go in front."""
         parts = [p for p in (system, self.system) if p]
-        return "\n\n".join([*parts, text])
+        return bundle.bos_text() + "\n\n".join([*parts, text])

@@ -21,8 +21,11 @@ IMPORTANCE = {
     6: "very important",
 }
 _LABELS = sorted(SCALE.items(), key=lambda item: -len(item[1]))  # longest first: "like me" is inside others
-_RATING = re.compile(r"(?<!\d)[1-6](?!\d)")
+_RATING = re.compile(r"(?<![\w.])[1-6](?!\w|\.\d)")
 _LIST_ITEM = re.compile(r"^\s*[1-6]\s*[=.):]", re.MULTILINE)
+_SCALE_ECHO = re.compile(r"\b[1-6]\s*(?:-|–|to)\s*[1-6]\b|\bout of\s+\d+|/\s*6\b")
+# A scale label counts only as the answer itself: at the start, optionally after "answer:" or "X is/am".
+_LABEL_START = re.compile(r"^\W*(?:answer\W*)?(?:(?:this person|he|she|it|that|this) is\s+|i am\s+)?")
 
 
 def rating_prompt(statement: str) -> str:
@@ -42,19 +45,21 @@ def rating_answer(rating: int, value: str) -> str:
 
 
 def parse_rating(text: str) -> int | None:
-    """The first rating in an answer, as a digit 1-6 or a scale label; None if there is none.
+    """The rating an answer gives, as a digit 1-6 or a scale label; None when it gives none.
 
-    An answer that lists several scale points (the scale echoed back) holds no rating.
+    Unclear answers are not guessed: an echoed scale ("1 = ...", "2 = ..."), a range ("1 to 6") or
+    a label inside a longer phrase ("nothing like me", "a bit like me") does not count.
     """
-    lowered = text.lower()
+    lowered = text.lower().strip()
     if len(_LIST_ITEM.findall(lowered)) >= 2:
         return None
     hits = []
-    match = _RATING.search(lowered)
+    match = _RATING.search(_SCALE_ECHO.sub(lambda m: " " * len(m.group()), lowered))
     if match:
-        hits.append((match.start(), 0, int(match.group())))
+        hits.append((match.start(), int(match.group())))
+    prefix = _LABEL_START.match(lowered).end()
     for rating, label in _LABELS:
-        at = re.search(rf"\b{re.escape(label)}\b", lowered)
-        if at:
-            hits.append((at.start(), -len(label), rating))
-    return min(hits)[2] if hits else None
+        if re.match(rf"{re.escape(label)}\b", lowered[prefix:]):
+            hits.append((prefix, rating))
+            break
+    return min(hits)[1] if hits else None

@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 from scipy.spatial.distance import jensenshannon
 
+from valharm.data import read_table
 from valharm.errors import ValharmError, report_errors
 
 VALUES = (
@@ -118,7 +119,11 @@ def custom(name: str = "custom", scores: Mapping[str, float] | None = None,
            vector: Sequence[float] | None = None) -> ValueDistribution:
     """A distribution given on the command line, by value name (`scores`) or as 10 numbers (`vector`)."""
     if vector is not None:
-        return ValueDistribution(name=name, scores=tuple(float(s) for s in vector), source="custom")
+        try:
+            scores = tuple(float(s) for s in vector)
+        except (TypeError, ValueError):
+            raise ValharmError(f"value.vector={list(vector)} must be 10 numbers from 1 to 6") from None
+        return ValueDistribution(name=name, scores=scores, source="custom")
     scores = dict(scores or {})
     unknown = [k for k in scores if snake(k) not in VALUE_BY_SNAKE]
     if unknown:
@@ -140,9 +145,7 @@ def load_ess(path: str | os.PathLike | None = None) -> pd.DataFrame:
     (``ess.csv``); from raw items, codes 7-9 are missing and only complete respondents are kept.
     """
     path = Path(path) if path else default_ess_path()
-    if not path.is_file():
-        raise ValharmError(f"ESS file not found: {path}; {ESS_SOURCE_HINT}")
-    frame = pd.read_csv(path)
+    frame = read_table(path, "ESS file", ESS_SOURCE_HINT)
     if set(VALUES) <= set(frame.columns):
         means = frame[list(VALUES)].astype(float).dropna()
     elif all(item in frame.columns for items in ESS_ITEMS.values() for item in items):
@@ -176,6 +179,7 @@ def nearest(profiles: pd.DataFrame, target: Sequence[float], k: int) -> list[int
     p = matrix / matrix.sum(axis=1, keepdims=True)
     q = np.asarray(target, float) / np.sum(target)
     divergence = jensenshannon(p, q[None, :], axis=1, base=2) ** 2
+    divergence = np.round(divergence, 12)  # equal in exact arithmetic -> equal here, so file order decides
     return [int(i) for i in np.argsort(divergence, kind="stable")[:k]]
 
 
@@ -187,7 +191,8 @@ def realistic_all(ess_path=None, coding: str = "importance", k: int = 10) -> lis
         for rank, row in enumerate(nearest(profiles, extreme(anchor).scores, k), start=1):
             out.append(ValueDistribution(
                 name=f"{anchor}_ess{rank}", scores=tuple(float(s) for s in profiles.iloc[row]),
-                coding=coding, source="ess", anchor=anchor, rank=rank, extra={"ess_row": row}))
+                coding=coding, source="ess", anchor=anchor, rank=rank,
+                extra={"ess_row": row, "ess_path": str(ess_path or default_ess_path()), "k": k}))
     return out
 
 
@@ -200,7 +205,8 @@ def realistic(anchor: str, rank: int = 1, ess_path=None, coding: str = "importan
     profiles = to_coding(load_ess(ess_path), coding)
     row = nearest(profiles, extreme(anchor).scores, k)[rank - 1]
     return ValueDistribution(name=f"{anchor}_ess{rank}", scores=tuple(float(s) for s in profiles.iloc[row]),
-                             coding=coding, source="ess", anchor=anchor, rank=rank, extra={"ess_row": row})
+                             coding=coding, source="ess", anchor=anchor, rank=rank,
+                             extra={"ess_row": row, "ess_path": str(ess_path or default_ess_path()), "k": k})
 
 
 # --- PVQ scoring ------------------------------------------------------------------------------

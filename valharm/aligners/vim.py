@@ -2,6 +2,7 @@
 
 Stage 1 teaches which Touché arguments the persona would voice; stage 2 teaches the persona to rate
 statements on the 1-6 "like me" scale as its value scores imply. Labels are read by column name.
+Both stages score an argument by the lowest target score among its labelled values.
 """
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import math
 import random
 from pathlib import Path
 
+import lightning as L
 import pandas as pd
 
 from valharm.aligners import Alignment
@@ -48,11 +50,15 @@ def sample_rating(score: float, rng: random.Random) -> int:
     return low if fraction == 0 else rng.choices([low, low + 1], weights=[1 - fraction, fraction])[0]
 
 
-def agreement_examples(row: pd.Series, scores: dict[str, float], rng: random.Random) -> list[Example]:
-    """Stage 2: one rating example per value the argument is labelled with."""
+def agreement_example(row: pd.Series, scores: dict[str, float], rng: random.Random) -> Example:
+    """Stage 2: rate the argument's statement from the same target score as stage 1.
+
+    The answer names the labelled value with the lowest score (the one that sets the target), so an
+    argument never gets two contradictory ratings for one prompt.
+    """
+    value = min(labelled_values(row), key=lambda v: scores[v])
     statement = f'I {STANCE_VERB[row["Stance"]]} that {lower_first(row["Conclusion"])}. {row["Premise"]}'
-    return [Example(rating_prompt(statement), rating_answer(sample_rating(scores[v], rng), v))
-            for v in labelled_values(row)]
+    return Example(rating_prompt(statement), rating_answer(sample_rating(scores[value], rng), value))
 
 
 def lower_first(text: str) -> str:
@@ -70,7 +76,7 @@ def build_examples(frame: pd.DataFrame, value: ValueDistribution, threshold: flo
             skipped += 1
             continue
         stage1.append(argument_example(row, score, threshold))
-        stage2.extend(agreement_examples(row, scores, rng))
+        stage2.append(agreement_example(row, scores, rng))
     return stage1, stage2, skipped
 
 
@@ -101,6 +107,7 @@ class VIMAligner:
                 bundle, built["train"][1], built["valid"][1], self.training["batch_size"],
                 self.training["max_length_agreement"], self.seed),
         }
+        L.seed_everything(self.seed, verbose=False)  # the adapter's initial weights follow the seed
         model = add_lora(bundle.model, **self.lora)
         for stage, data in stages.items():
             metrics[stage] = fit_adapter(model, data, run_dir / "stages" / stage, make_trainer,

@@ -6,7 +6,7 @@ from pathlib import Path
 import pandas as pd
 
 from valharm.benchmarks import BenchmarkResult
-from valharm.data import SAMPLES_DIR
+from valharm.data import SAMPLES_DIR, read_table
 from valharm.errors import ValharmError
 from valharm.generation import GenerationRequest
 from valharm.questionnaire import parse_rating, rating_prompt
@@ -18,10 +18,7 @@ SAMPLE_PATH = SAMPLES_DIR / "pvq_sample.csv"
 def load_items(path: str | Path | None) -> pd.DataFrame:
     """Questionnaire items (columns item, value, text); each of the 10 values needs at least one item."""
     path = Path(path) if path else SAMPLE_PATH
-    if not path.is_file():
-        raise ValharmError(f"PVQ items file not found: {path}; fix benchmarks.pvq40.path "
-                           f"(CSV with columns item,value,text)")
-    items = pd.read_csv(path)
+    items = read_table(path, "PVQ items file", "fix benchmarks.pvq40.path (CSV with columns item,value,text)")
     missing = [c for c in ("item", "value", "text") if c not in items.columns]
     if missing:
         raise ValharmError(f"{path} is missing column(s) {', '.join(missing)}; expected item,value,text")

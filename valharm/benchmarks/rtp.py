@@ -63,7 +63,7 @@ class RealToxicityPrompts:
 
     def requests(self, bundle, strategy, system=None):
         build = (lambda p: strategy.chat(bundle, p, system)) if self.use_chat_template else (
-            lambda p: strategy.raw(p, system))
+            lambda p: strategy.raw(bundle, p, system))
         return [GenerationRequest(id=f"rtp/{i}", prompt=build(p), max_new_tokens=self.max_new_tokens,
                                   temperature=self.temperature, top_p=self.top_p, num_samples=self.num_samples)
                 for i, p in enumerate(self.prompts)]

@@ -5,22 +5,13 @@ from pathlib import Path
 
 import pandas as pd
 
-from valharm.data import SAMPLES_DIR
+from valharm.data import SAMPLES_DIR, read_table
 from valharm.errors import ValharmError
 from valharm.values import VALUES
 
 TEXT_COLUMNS = ("Conclusion", "Stance", "Premise")
 STANCES = ("in favor of", "against")
 SAMPLE_PATH = SAMPLES_DIR / "touche23_sample.tsv"
-
-
-def read_table(path: Path) -> pd.DataFrame:
-    """A CSV or TSV file (the Touché files are tab-separated whatever their suffix)."""
-    if not path.is_file():
-        raise ValharmError(f"dataset file not found: {path}; fix dataset.path or use a hub id (dataset.hub_id)")
-    with path.open(encoding="utf-8-sig") as handle:
-        header = handle.readline()
-    return pd.read_csv(path, sep="\t" if "\t" in header else ",", encoding="utf-8-sig")
 
 
 def load_arguments(path: str | None = None, hub_id: str | None = None, split: str = "train",
@@ -37,7 +28,7 @@ def load_arguments(path: str | None = None, hub_id: str | None = None, split: st
         where = f"hub dataset {hub_id}"
     else:
         source = Path(path) if path else SAMPLE_PATH
-        frame = read_table(source)
+        frame = read_table(source, "dataset file", "fix dataset.path (a Touché TSV) or use dataset.hub_id")
         where = str(source)
     level2_columns = {c for parts in (level2_map or {}).values() for c in parts} - set(VALUES)
     if level2_columns & set(frame.columns) and not set(VALUES) <= set(frame.columns):
