@@ -5,6 +5,7 @@ configs can be composed and checked without weights.
 """
 from __future__ import annotations
 
+import functools
 import importlib.util
 import os
 import shutil
@@ -47,8 +48,9 @@ class LoadedModel:
             messages = ([{"role": "system", "content": system}] if system else []) + [
                 {"role": "user", "content": user}]
             return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-        return self.bos_text() + PLAIN_TEMPLATE.format(system=f"{system}\n\n" if system else "", user=user)
+        return self.bos_text + PLAIN_TEMPLATE.format(system=f"{system}\n\n" if system else "", user=user)
 
+    @functools.cached_property
     def bos_text(self) -> str:
         """The BOS token as text when this tokenizer normally starts inputs with it (Llama, Gemma), else ''.
 

@@ -18,4 +18,4 @@ class PromptStrategy:
     def raw(self, bundle: LoadedModel, text: str, system: str | None = None) -> str:
         """A text the model continues (no chat template); instructions, if any, go in front."""
         parts = [p for p in (system, self.system) if p]
-        return bundle.bos_text() + "\n\n".join([*parts, text])
+        return bundle.bos_text + "\n\n".join([*parts, text])

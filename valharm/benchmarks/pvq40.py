@@ -1,6 +1,7 @@
 """PVQ-40: ask each questionnaire item on the 1-6 scale, score the 10 values, compare with the target (NMSE)."""
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import pandas as pd
@@ -52,7 +53,7 @@ class PVQ40:
         metrics = {"nmse": nmse(scores, value.as_dict()), "nmse_scored_values": nmse_scored(scores, value.as_dict()),
                    "scores": scores,
                    "items": len(ratings), "invalid": sum(r is None for r in ratings.values()),
-                   "values_without_valid_answer": [v for v in VALUES if scores[v] != scores[v]]}
+                   "values_without_valid_answer": [v for v in VALUES if math.isnan(scores[v])]}
         records = [{"benchmark": self.name, "id": r.id, "item": item, "value": item_values[item],
                     "text": texts[0], "rating": ratings[item]}
                    for r, texts, item in zip(requests, outputs, ratings)]
