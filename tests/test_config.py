@@ -52,7 +52,7 @@ def test_study_model_configs_are_real():
     assert hubs["llama3_1_8b"].hub_id == "meta-llama/Llama-3.1-8B"
     assert hubs["gemma2_9b"].hub_id == "google/gemma-2-9b" and hubs["gemma2_9b"].attn_implementation == "eager"
     assert hubs["qwen2_5_7b"].hub_id == "Qwen/Qwen2.5-7B"
-    assert all(m.dtype == "bfloat16" and m.prompt_format == "plain" for m in hubs.values())
+    assert all(m.prompt_format == "plain" for m in hubs.values())
 
 
 def test_study_training_defaults():

@@ -1,4 +1,13 @@
-"""Text generation behind one small interface: a list of requests in, k texts per request out."""
+"""Text generation behind one small interface: a list of requests in, k texts per request out.
+
+`HFGenerator` runs its own decoding loop over a transformers model and its KV cache, so that it can
+- batch prompts by token length (little padding),
+- compute the KV cache of a prefix common to a whole batch once (chat template, questionnaire framing),
+- encode each prompt once for its k samples,
+- drop finished sequences from the batch,
+- sample top-p exactly without sorting the whole vocabulary at every step.
+Greedy decoding gives the same tokens as `model.generate`; sampling draws from the same distribution.
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -6,6 +15,7 @@ from itertools import groupby
 
 import torch
 from tqdm.auto import tqdm
+from transformers.cache_utils import Cache, DynamicCache, DynamicLayer
 
 
 @dataclass(frozen=True)
@@ -23,43 +33,219 @@ class GenerationRequest:
         return self.max_new_tokens, self.temperature, self.top_p, self.num_samples
 
 
+def nucleus(logits: torch.Tensor, temperature: float, top_p: float,
+            candidates: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(token ids, weights) of the top-p nucleus of each row of `logits` at `temperature`.
+
+    A token is kept when the probability mass of the tokens ranked above it is below `top_p` (the rule
+    of transformers' TopPLogitsWarper); weights are proportional to the kept tokens' probabilities and 0
+    elsewhere. Only the `candidates` most likely tokens are ranked, and the total mass is bounded by
+    assuming every other token as likely as the last candidate: where that bound leaves a row's nucleus
+    in doubt, the row's exact total is computed, and where the nucleus reaches past the candidates the
+    row is ranked over the whole vocabulary. The result is exact; the common case touches the full
+    vocabulary only in `topk`.
+    """
+    top, ids = logits.topk(min(candidates, logits.shape[-1]), dim=-1)
+    scores = top.float() / temperature
+    weights = (scores - scores[:, :1]).exp()  # relative to the most likely token
+    before = weights.cumsum(-1) - weights  # mass ranked above each candidate
+    total = weights.sum(-1, keepdim=True)
+    bound = total + (logits.shape[-1] - top.shape[-1]) * weights[:, -1:]
+    doubt = ((before >= top_p * total) & (before < top_p * bound)).any(-1) | (total < top_p * bound).squeeze(-1)
+    if doubt.any():
+        exact = ((logits[doubt].float() / temperature) - scores[doubt, :1]).exp().sum(-1, keepdim=True)
+        total[doubt] = exact
+        wide = doubt.clone()
+        wide[doubt] = (weights[doubt].sum(-1, keepdim=True) < top_p * exact).squeeze(-1)
+        if wide.any():  # the nucleus reaches past the candidates: rank the whole vocabulary
+            full, full_ids = logits[wide].float().sort(dim=-1, descending=True)
+            full_weights = (full / temperature - scores[wide, :1]).exp()
+            pad = full.shape[-1] - top.shape[-1]
+            weights, ids = (torch.cat([t, t.new_zeros(len(t), pad)], -1) for t in (weights, ids))
+            weights[wide], ids[wide] = full_weights, full_ids
+            before = weights.cumsum(-1) - weights
+    return ids, weights * (before < top_p * total)
+
+
+def next_tokens(logits: torch.Tensor, temperature: float, top_p: float, generator: torch.Generator | None,
+                candidates: int = 64) -> torch.Tensor:
+    """The next token of every row: argmax when temperature is 0, else a top-p sample."""
+    if temperature <= 0:
+        return logits.float().argmax(-1)
+    if top_p >= 1.0:
+        return torch.multinomial((logits.float() / temperature).softmax(-1), 1, generator=generator).squeeze(-1)
+    ids, weights = nucleus(logits, temperature, top_p, candidates)
+    return ids.gather(-1, torch.multinomial(weights, 1, generator=generator)).squeeze(-1)
+
+
+class PreallocatedLayer(DynamicLayer):
+    """A full-attention KV cache layer with room for `capacity` tokens, written in place.
+
+    transformers' DynamicLayer concatenates the whole cache at every step; this keeps a buffer and
+    hands out views of its filled part.
+    """
+
+    def __init__(self, capacity: int):
+        super().__init__()
+        self.capacity, self.length = capacity, 0
+
+    def lazy_initialization(self, key_states, value_states):
+        self.device = key_states.device
+        self.buffers = [s.new_empty(*s.shape[:2], self.capacity, s.shape[3]) for s in (key_states, value_states)]
+        self.is_initialized = True
+
+    def update(self, key_states, value_states, *args, **kwargs):
+        if not self.is_initialized:
+            self.lazy_initialization(key_states, value_states)
+        end = self.length + key_states.shape[-2]
+        self.buffers[0][:, :, self.length:end] = key_states
+        self.buffers[1][:, :, self.length:end] = value_states
+        self.length = end
+        self.keys, self.values = (b[:, :, :end] for b in self.buffers)
+        return self.keys, self.values
+
+    def get_seq_length(self) -> int:
+        return self.length
+
+    def _reshape_batch(self, pick) -> None:
+        if self.is_initialized:
+            filled = [pick(b[:, :, :self.length]) for b in self.buffers]
+            self.buffers = [f.new_empty(f.shape[0], f.shape[1], self.capacity, f.shape[3]) for f in filled]
+            for buffer, f in zip(self.buffers, filled):
+                buffer[:, :, :self.length] = f
+            self.keys, self.values = (b[:, :, :self.length] for b in self.buffers)
+
+    def batch_repeat_interleave(self, repeats: int) -> None:
+        self._reshape_batch(lambda t: t.repeat_interleave(repeats, dim=0))
+
+    def batch_select_indices(self, indices: torch.Tensor) -> None:
+        self._reshape_batch(lambda t: t[indices])
+
+
+def new_cache(model, capacity: int, preallocate: bool = True) -> Cache:
+    """A preallocated cache for full-attention models; transformers' DynamicCache otherwise (sliding windows)."""
+    cache = DynamicCache(config=model.config)
+    if preallocate and cache.layers and all(type(layer) is DynamicLayer for layer in cache.layers):
+        return Cache(layers=[PreallocatedLayer(capacity) for _ in cache.layers])
+    return cache
+
+
+def common_prefix_length(rows: list[list[int]]) -> int:
+    first = rows[0]
+    length = min(len(r) for r in rows)
+    for i in range(length):
+        token = first[i]
+        if any(r[i] != token for r in rows):
+            return i
+    return length
+
+
 class HFGenerator:
-    """Batched generation with a transformers model: left padding, longest prompts first."""
+    """Batched generation with a transformers model on one device (see the module docstring)."""
 
     name = "hf"
 
-    def __init__(self, batch_size: int = 32, seed: int = 0, progress: bool = True, device: str = "auto"):
+    def __init__(self, batch_size: int = 256, seed: int = 0, progress: bool = True, device: str = "auto",
+                 share_prefix: bool = True, top_p_candidates: int = 64, compact_fraction: float = 0.25,
+                 preallocate: bool = True):
         self.batch_size, self.seed, self.progress = batch_size, seed, progress
         self.device = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
+        self.share_prefix, self.top_p_candidates = share_prefix, top_p_candidates
+        self.compact_fraction, self.preallocate = compact_fraction, preallocate
 
     @torch.inference_mode()
     def generate(self, model, tokenizer, requests: list[GenerationRequest], desc: str = "generate") -> list[list[str]]:
         """Texts for every request, in request order (num_samples per request)."""
         model.eval().to(self.device)
-        tokenizer.padding_side = "left"
-        outputs: dict[str, list[str]] = {}
-        # Longest prompts first (by characters, close enough to tokens) so batches pad little.
-        ordered = sorted(requests, key=lambda r: (r.sampling(), -len(r.prompt)))
+        self.new_tokens = 0
+        stop = stop_token_ids(model, tokenizer)
+        encoded = tokenizer([r.prompt for r in requests], add_special_tokens=False)["input_ids"]
+        order = sorted(range(len(requests)), key=lambda i: (requests[i].sampling(), -len(encoded[i])))
+        outputs: dict[int, list[str]] = {}
         bar = tqdm(total=len(requests), desc=desc, disable=not self.progress, unit="prompt")
-        for sampling, group in groupby(ordered, key=GenerationRequest.sampling):
+        for sampling, group in groupby(order, key=lambda i: requests[i].sampling()):
             group = list(group)
-            per_batch = max(1, self.batch_size // sampling[3])
+            max_new, temperature, top_p, k = sampling
+            per_batch = max(1, self.batch_size // k)
             for start in range(0, len(group), per_batch):
                 batch = group[start:start + per_batch]
-                texts = self._batch(model, tokenizer, [r.prompt for r in batch], *sampling, start)
-                for i, request in enumerate(batch):
-                    outputs[request.id] = texts[i * sampling[3]:(i + 1) * sampling[3]]
+                generator = None
+                if temperature > 0:  # same batch, same samples, whatever ran before
+                    generator = torch.Generator(self.device).manual_seed(self.seed + start)
+                tokens = self._batch(model, [encoded[i] for i in batch], k, max_new, temperature, top_p,
+                                     generator, stop)
+                self.new_tokens += sum(map(len, tokens))
+                texts = tokenizer.batch_decode(tokens, skip_special_tokens=True)
+                for n, i in enumerate(batch):
+                    outputs[i] = texts[n * k:(n + 1) * k]
                 bar.update(len(batch))
         bar.close()
-        return [outputs[r.id] for r in requests]
+        return [outputs[i] for i in range(len(requests))]
 
-    def _batch(self, model, tokenizer, prompts, max_new_tokens, temperature, top_p, k, offset):
-        encoded = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(self.device)
-        sample = temperature > 0
-        if sample:
-            torch.manual_seed(self.seed + offset)  # same batch, same samples, whatever ran before
-        out = model.generate(
-            **encoded, max_new_tokens=max_new_tokens, do_sample=sample, num_return_sequences=k,
-            temperature=temperature if sample else None, top_p=top_p if sample else None, top_k=None,
-            pad_token_id=tokenizer.pad_token_id)
-        return tokenizer.batch_decode(out[:, encoded["input_ids"].shape[1]:], skip_special_tokens=True)
+    def _prefill(self, model, rows: list[list[int]], cache: Cache) -> tuple[torch.Tensor, torch.Tensor]:
+        """Run the prompts into `cache`; return the next-token logits and the attention mask.
+
+        A prefix common to all rows is run once and its cache copied to every row; the rest of each
+        prompt follows it, left-padded: [shared prefix | padding | own tokens].
+        """
+        shared = common_prefix_length(rows) if self.share_prefix and len(rows) > 1 else 0
+        shared = min(shared, min(map(len, rows)) - 1)  # every row keeps a token of its own
+        if shared > 0:
+            model(input_ids=torch.tensor([rows[0][:shared]], device=self.device), cache=cache, use_cache=True,
+                  logits_to_keep=1)
+            cache.batch_repeat_interleave(len(rows))
+        ids, own = left_pad([r[shared:] for r in rows], self.device)
+        mask = torch.cat([own.new_ones(len(rows), shared), own], 1)
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)[:, shared:]
+        logits = model(input_ids=ids, attention_mask=mask, position_ids=positions, cache=cache, use_cache=True,
+                       logits_to_keep=1).logits[:, -1]
+        return logits, mask
+
+    def _batch(self, model, rows, k, max_new, temperature, top_p, generator, stop) -> list[list[int]]:
+        """New token ids for k samples of each prompt in `rows` (stop tokens dropped)."""
+        cache = new_cache(model, max(map(len, rows)) + max_new, self.preallocate)
+        logits, mask = self._prefill(model, rows, cache)
+        if k > 1:  # each prompt was encoded once; its k samples share that cache
+            cache.batch_repeat_interleave(k)
+            logits, mask = logits.repeat_interleave(k, 0), mask.repeat_interleave(k, 0)
+        slots = torch.arange(len(mask), device=self.device)  # output row of each live row
+        position = mask.sum(-1, keepdim=True)
+        finished = torch.zeros(len(mask), dtype=torch.bool, device=self.device)
+        tokens = torch.full((len(mask), max_new), -1, dtype=torch.long)
+        for step in range(max_new):
+            token = torch.where(finished, -1, next_tokens(logits, temperature, top_p, generator,
+                                                          self.top_p_candidates))
+            tokens[slots.cpu(), step] = token.cpu()
+            finished |= torch.isin(token, stop)
+            if step == max_new - 1 or bool(finished.all()):
+                break
+            if finished.sum() >= self.compact_fraction * len(slots):  # drop finished rows from the batch
+                live = (~finished).nonzero().squeeze(-1)
+                cache.batch_select_indices(live)
+                slots, token, mask, position, finished = (t[live] for t in (slots, token, mask, position, finished))
+            mask = torch.cat([mask, mask.new_ones(len(mask), 1)], 1)
+            logits = model(input_ids=token.clamp(min=0)[:, None], attention_mask=mask, position_ids=position,
+                           cache=cache, use_cache=True).logits[:, -1]
+            position = position + 1
+        ends = set(stop.tolist())
+        return [[t for t in row if t >= 0 and t not in ends] for row in tokens.tolist()]
+
+
+def stop_token_ids(model, tokenizer) -> torch.Tensor:
+    """The ids that end a sequence: the model's generation config, else the tokenizer's EOS."""
+    eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    if eos is None:
+        eos = tokenizer.eos_token_id
+    eos = [eos] if isinstance(eos, int) else list(eos)
+    return torch.tensor(eos, device=model.device)
+
+
+def left_pad(rows: list[list[int]], device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(ids, attention mask) with rows right-aligned; the pad id is irrelevant under the mask."""
+    width = max(len(r) for r in rows)
+    ids = torch.zeros(len(rows), width, dtype=torch.long)
+    mask = torch.zeros(len(rows), width, dtype=torch.long)
+    for i, row in enumerate(rows):
+        ids[i, width - len(row):] = torch.tensor(row)
+        mask[i, width - len(row):] = 1
+    return ids.to(device), mask.to(device)

@@ -26,11 +26,9 @@ def cache_dir() -> Path:
     return Path(os.environ.get("VALHARM_CACHE_DIR", Path.home() / ".cache" / "valharm"))
 
 
-def torch_dtype(name: str) -> torch.dtype:
-    try:
-        return {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}[name]
-    except KeyError:
-        raise ValharmError(f"model.dtype='{name}' is unknown; use bfloat16, float16 or float32") from None
+def config_width(config) -> int:
+    """The hidden size of a transformers config (the text model's, for multimodal configs)."""
+    return config.get_text_config().hidden_size
 
 
 @dataclass
@@ -78,23 +76,35 @@ class HubModel:
 
     name: str
     hub_id: str
-    dtype: str = "bfloat16"
     prompt_format: str = "plain"
     lora_targets: list[str] = field(default_factory=lambda: ["q_proj", "v_proj"])
     attn_implementation: str | None = None
     revision: str | None = None
 
-    def load(self) -> LoadedModel:
+    def _not_found(self, err: OSError) -> ValharmError:
+        return ValharmError(f"cannot load model {self.name} from '{self.hub_id}': {err}. Log in to the hub "
+                            f"(gated models need access) or set model.hub_id to a local directory")
+
+    def width(self) -> int:
+        """The model's hidden size, read from its config (no weights loaded)."""
+        from transformers import AutoConfig
+
+        try:
+            return config_width(AutoConfig.from_pretrained(self.hub_id, revision=self.revision))
+        except OSError as err:
+            raise self._not_found(err) from None
+
+    def load(self, dtype: torch.dtype | None = None) -> LoadedModel:
+        """Tokenizer and model, the weights in `dtype` (None: as stored)."""
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         kwargs = {"revision": self.revision}
         try:
             tokenizer = AutoTokenizer.from_pretrained(self.hub_id, **kwargs)
             model = AutoModelForCausalLM.from_pretrained(
-                self.hub_id, dtype=torch_dtype(self.dtype), attn_implementation=self.attn_implementation, **kwargs)
+                self.hub_id, dtype=dtype or "auto", attn_implementation=self.attn_implementation, **kwargs)
         except OSError as err:
-            raise ValharmError(f"cannot load model {self.name} from '{self.hub_id}': {err}. Log in to the hub "
-                               f"(gated models need access) or set model.hub_id to a local directory") from None
+            raise self._not_found(err) from None
         return LoadedModel(self.name, model, prepare_tokenizer(tokenizer, self.prompt_format, self.name),
                            self.prompt_format)
 
@@ -106,7 +116,6 @@ class PackagedGGUFModel:
     name: str
     package: str
     filename: str
-    dtype: str = "bfloat16"
     prompt_format: str = "chat"
     lora_targets: list[str] = field(default_factory=lambda: ["q_proj", "v_proj"])
 
@@ -144,8 +153,14 @@ class PackagedGGUFModel:
             shutil.rmtree(staging)  # another job finished first
         return target
 
-    def load(self) -> LoadedModel:
-        return HubModel(self.name, str(self.local_dir()), self.dtype, self.prompt_format, self.lora_targets).load()
+    def _folder(self) -> HubModel:
+        return HubModel(self.name, str(self.local_dir()), self.prompt_format, self.lora_targets)
+
+    def width(self) -> int:
+        return self._folder().width()
+
+    def load(self, dtype: torch.dtype | None = None) -> LoadedModel:
+        return self._folder().load(dtype)
 
 
 @dataclass
@@ -161,12 +176,15 @@ class TinyLlama:
     num_heads: int = 4
     init_std: float = 0.2  # larger than Llama's 0.02 so greedy outputs vary with prompt and weights
     seed: int = 0
-    dtype: str = "float32"
     prompt_format: str = "chat"
     lora_targets: list[str] = field(default_factory=lambda: ["q_proj", "v_proj"])
     tokenizer_from: PackagedGGUFModel | HubModel | None = None
 
-    def load(self) -> LoadedModel:
+    def width(self) -> int:
+        return self.hidden_size
+
+    def load(self, dtype: torch.dtype | None = None) -> LoadedModel:
+        """The model built in fp32 (then cast to `dtype`)."""
         from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
         if self.tokenizer_from is None:
@@ -182,7 +200,7 @@ class TinyLlama:
             pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=True, initializer_range=self.init_std)
         with torch.random.fork_rng():
             torch.manual_seed(self.seed)
-            model = LlamaForCausalLM(config).to(torch_dtype(self.dtype))
+            model = LlamaForCausalLM(config).to(dtype or torch.float32)
         model.eval()
         return LoadedModel(self.name, model, tokenizer, self.prompt_format)
 

@@ -7,6 +7,7 @@ import logging
 import math
 import os
 import platform
+import time
 from importlib.metadata import version
 from pathlib import Path
 
@@ -17,6 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from valharm.aligners import Alignment
 from valharm.errors import ValharmError
+from valharm.precision import Precision, choose, hardware
 from valharm.tracking import flatten
 
 ADAPTER_ORIGIN = "valharm.yaml"  # written next to a trained adapter: aligner, model and value configs
@@ -99,18 +101,34 @@ def build_components(cfg: DictConfig) -> dict:
     return parts
 
 
-def evaluate(bundle, alignment: Alignment, parts: dict, run_dir: Path) -> tuple[dict, list[dict], dict]:
-    """Generate and score every benchmark; write generations.jsonl; return (metrics, records, info)."""
-    metrics, records, info = {}, [], {}
+def precision_plan(cfg: DictConfig, parts: dict, training: bool) -> dict[str, Precision]:
+    """The precision of generation (and of training, for train jobs), from `precision` and the hardware."""
+    width = parts["model"].width()
+    plan = {"generation": choose(cfg.precision, parts["generator"].device, width)}
+    if training:
+        if "precision" in cfg.trainer:
+            raise ValharmError("trainer.precision is set by valharm; choose it with precision=auto|bf16|fp16|fp32")
+        plan["training"] = choose(cfg.precision, cfg.trainer.accelerator, width)
+    return plan
+
+
+def evaluate(bundle, alignment: Alignment, parts: dict, run_dir: Path) -> tuple[dict, list[dict], dict, dict]:
+    """Generate and score every benchmark; write generations.jsonl; return (metrics, records, info, timing)."""
+    metrics, records, info, timing = {}, [], {}, {}
+    generator = parts["generator"]
     for name, benchmark in parts["benchmarks"].items():
         requests = benchmark.requests(bundle, parts["strategy"], alignment.system_prompt)
-        outputs = parts["generator"].generate(alignment.model, bundle.tokenizer, requests, desc=name)
+        start = time.perf_counter()
+        outputs = generator.generate(alignment.model, bundle.tokenizer, requests, desc=name)
+        seconds = time.perf_counter() - start
+        timing[name] = {"generation_s": round(seconds, 3), "new_tokens": generator.new_tokens,
+                        "tokens_per_s": round(generator.new_tokens / seconds, 1)}
         result = benchmark.evaluate(requests, outputs, parts["value"], parts["scorer"])
         metrics[name], info[name] = result.metrics, result.info
         records.extend(result.records)
     with (run_dir / "generations.jsonl").open("w") as handle:
         handle.writelines(json.dumps(r) + "\n" for r in records)
-    return metrics, records, info
+    return metrics, records, info, timing
 
 
 def results_record(cfg: DictConfig, parts: dict, aligner_name: str, alignment: Alignment, metrics: dict,
@@ -128,6 +146,8 @@ def results_record(cfg: DictConfig, parts: dict, aligner_name: str, alignment: A
         "benchmarks": info,
         "run_dir": str(run_dir),
         "seed": cfg.seed,
+        "precision": {path: p.record() for path, p in parts["precision"].items()},
+        "hardware": hardware(),
         "versions": package_versions(),
     }
 
@@ -140,19 +160,24 @@ def run_job(cfg: DictConfig, job_type: str, align) -> dict | None:
         print(f"valharm: {results_path} exists; skipping finished job (skip_finished=false to redo it)")
         return json.loads(results_path.read_text())
     parts = build_components(cfg)
+    parts["precision"] = precision_plan(cfg, parts, training=job_type == "train")
     value = parts["value"]
     config = {**flatten(OmegaConf.to_container(cfg, resolve=True)),
-              **flatten({"value": {**value.as_dict(), "name": value.name, "coding": value.coding}})}
+              **flatten({"value": {**value.as_dict(), "name": value.name, "coding": value.coding}}),
+              **{f"precision/{path}": p.name for path, p in parts["precision"].items()}}
     tracker = parts["tracker"]
     tracker.start(run_dir, name, group, job_type, config)
     exit_code = 1
     if results_path.exists():  # a redo: keep the earlier results aside, never beside half-new outputs
         os.replace(results_path, run_dir / "results.previous.json")
+    plan = parts["precision"]
     try:
-        bundle = parts["model"].load()
+        bundle = parts["model"].load(plan.get("training", plan["generation"]).dtype)
         aligner_name, alignment = align(parts, bundle, run_dir, tracker)
-        metrics, records, info = evaluate(bundle, alignment, parts, run_dir)
+        alignment.model.to(plan["generation"].dtype)
+        metrics, records, info, timing = evaluate(bundle, alignment, parts, run_dir)
         results = results_record(cfg, parts, aligner_name, alignment, metrics, info, run_dir)
+        results["timing"] = timing
         results["wandb"] = tracker.record()
         write_json_atomic(results_path, results)
         tracker.log_results(results, records)
@@ -180,7 +205,8 @@ def train(cfg: DictConfig) -> dict | None:
 
     def align(parts, bundle, run_dir, tracker):
         def trainer_for(stage, **kwargs):
-            return make_trainer(logger=tracker.lightning_logger(stage), **kwargs)
+            return make_trainer(logger=tracker.lightning_logger(stage), precision=parts["precision"]["training"].lightning,
+                                **kwargs)
 
         alignment = aligner.align(bundle, parts["value"], arguments, run_dir, trainer_for)
         alignment.metrics["dataset"] = dataset_record(cfg.dataset, len(arguments))

@@ -2,14 +2,17 @@
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
 import lightning as L
 import torch
+import torch.nn.functional as F
 from torch.utils.data import DataLoader
 from transformers import get_linear_schedule_with_warmup
+from transformers.trainer_pt_utils import LengthGroupedSampler
 
 from valharm.errors import ValharmError
 from valharm.models import LoadedModel
@@ -73,16 +76,31 @@ class SupervisedDataModule(L.LightningDataModule):
                                f"(given {len(examples)}); raise the aligner's max_length or add data")
         return encoded
 
-    def _loader(self, data, shuffle):
-        generator = torch.Generator().manual_seed(self.seed)
-        return DataLoader(data, batch_size=self.batch_size, shuffle=shuffle, generator=generator,
+    def _loader(self, data, sampler):
+        return DataLoader(data, batch_size=self.batch_size, sampler=sampler,
                           collate_fn=lambda batch: collate(batch, self.bundle.tokenizer.pad_token_id))
 
     def train_dataloader(self):
-        return self._loader(self.train, shuffle=True)
+        """Shuffled each epoch (seeded), batched with examples of similar length so little is padded."""
+        lengths = [len(e["input_ids"]) for e in self.train]
+        generator = torch.Generator().manual_seed(self.seed)
+        return self._loader(self.train, LengthGroupedSampler(self.batch_size, lengths=lengths, generator=generator))
 
     def val_dataloader(self):
-        return self._loader(self.valid, shuffle=False)
+        return self._loader(self.valid, sorted(range(len(self.valid)), key=lambda i: -len(self.valid[i]["input_ids"])))
+
+
+def response_loss(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Mean next-token cross-entropy over the labelled (response) tokens.
+
+    The same number as the model's own loss with `labels`, but the vocabulary projection runs only at
+    positions whose next token is labelled: prompts are most of each example, and the projection onto a
+    large vocabulary is a large share of a small model's compute and memory.
+    """
+    targets = batch["labels"][:, 1:]
+    keep = F.pad(targets != IGNORE_INDEX, (0, 1), value=False)
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], logits_to_keep=keep).logits
+    return F.cross_entropy(logits.float(), targets[targets != IGNORE_INDEX])
 
 
 class LoRACausalLM(L.LightningModule):
@@ -94,12 +112,12 @@ class LoRACausalLM(L.LightningModule):
         self.lr, self.weight_decay, self.warmup_steps = lr, weight_decay, warmup_steps
 
     def training_step(self, batch, batch_idx):
-        loss = self.model(**batch).loss
+        loss = response_loss(self.model, batch)
         self.log("train_loss", loss, prog_bar=True, batch_size=batch["input_ids"].shape[0])
         return loss
 
     def validation_step(self, batch, batch_idx):
-        loss = self.model(**batch).loss
+        loss = response_loss(self.model, batch)
         self.log("val_loss", loss, prog_bar=True, on_epoch=True, sync_dist=True,
                  batch_size=batch["input_ids"].shape[0])
 
@@ -140,7 +158,9 @@ def fit_adapter(peft_model, data: SupervisedDataModule, out_dir: Path, make_trai
     trainer = make_trainer(stage=stage, callbacks=[checkpoint], default_root_dir=str(out_dir))
     module = LoRACausalLM(peft_model, lr=lr)
     peft_model.train()
+    start = time.perf_counter()
     trainer.fit(module, datamodule=data)
+    seconds = time.perf_counter() - start
     peft_model.eval()
     if checkpoint.best_epoch is None:
         raise ValharmError(f"{stage}: validation never ran, so no adapter was kept; "
@@ -149,7 +169,7 @@ def fit_adapter(peft_model, data: SupervisedDataModule, out_dir: Path, make_trai
     return {"best_val_loss": checkpoint.best, "best_epoch": checkpoint.best_epoch,
             "train_examples": len(data.train), "valid_examples": len(data.valid), "dropped_examples": data.dropped,
             "truncated_examples": data.truncated,
-            "steps": trainer.global_step}
+            "steps": trainer.global_step, "precision": str(trainer.precision), "seconds": round(seconds, 1)}
 
 
 def reload_adapter(peft_model, adapter_dir: Path) -> None:
