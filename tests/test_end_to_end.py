@@ -35,6 +35,10 @@ def test_multirun_writes_one_run_dir_per_value(sweep):
     for d, r in zip(dirs, results):
         assert r["aligner"] == "vim" and r["model"] == "tiny" and r["value"]["coding"] == "importance"
         assert r["scorer"]["offline"] and "OFFLINE" in r["scorer"]["description"]
+        assert {path: p["precision"] for path, p in r["precision"].items()} == {"training": "fp32", "generation": "fp32"}
+        assert r["training"]["argument_generation"]["precision"] == "32-true"
+        assert r["hardware"]["cpu_capability"] and r["hardware"]["torch_threads"] >= 1
+        assert r["timing"]["rtp"]["new_tokens"] > 0 and r["timing"]["pvq40"]["tokens_per_s"] > 0
         assert r["benchmarks"]["pvq40"]["shipped_sample"]
         assert set(r["metrics"]["pvq40"]["scores"]) == set(r["value"]["scores"])
         pvq = [json.loads(line) for line in (d / "generations.jsonl").read_text().splitlines()
@@ -114,6 +118,8 @@ BAD_INPUTS = {
     "missing value columns": (["dataset.path={bad_columns}"], "missing column(s) Achievement"),
     "empty dataset": (["dataset.path={empty}"], "holds no arguments"),
     "missing ESS file": (["value=ess", "value.ess_path={missing}"], "ESS file not found"),
+    "unknown precision": (["precision=half"], "precision='half' is unknown"),
+    "trainer precision": (["+trainer.precision=bf16-mixed"], "choose it with precision="),
 }
 
 

@@ -85,3 +85,30 @@ def test_checkpoint_keeps_the_best_epoch_not_the_last(tmp_path):
         checkpoint.on_validation_end(trainer, module)
     assert module.saves == [0, 1]
     assert checkpoint.best == 1.0 and checkpoint.best_epoch == 1
+
+
+def test_response_loss_equals_the_models_own_loss(tiny_bundle):
+    from valharm.training import response_loss
+
+    examples = [Example(f"Question {i}: {'why ' * i}?", f"Answer {'because ' * (3 - i % 3)}.") for i in range(6)]
+    batch = collate([encode(tiny_bundle, e, 64) for e in examples], tiny_bundle.tokenizer.pad_token_id)
+    with torch.no_grad():
+        assert torch.allclose(response_loss(tiny_bundle.model, batch), tiny_bundle.model(**batch).loss, atol=1e-5)
+
+
+def test_training_batches_group_lengths_and_reshuffle_each_epoch(tiny_bundle):
+    examples = [Example("Say " + "very " * (i * 7 % 40) + "much.", "Okay.") for i in range(400)]
+    data = SupervisedDataModule(tiny_bundle, examples, examples[:8], batch_size=8, max_length=128, seed=3)
+
+    def epoch(loader):
+        return [tuple(batch["input_ids"].shape) for batch in loader]
+
+    loader = data.train_dataloader()
+    first, second = epoch(loader), epoch(loader)
+    assert first != second  # a new order every epoch
+    assert first == epoch(SupervisedDataModule(tiny_bundle, examples, examples[:8], batch_size=8,
+                                               max_length=128, seed=3).train_dataloader())  # seeded
+    padded = sum(rows * width for rows, width in first)
+    real = sum(len(e["input_ids"]) for e in data.train)
+    assert sum(rows for rows, _ in first) == 400
+    assert padded < 1.1 * real  # random batches of these lengths pad about 1.5x

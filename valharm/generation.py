@@ -43,14 +43,15 @@ def nucleus(logits: torch.Tensor, temperature: float, top_p: float,
     assuming every other token as likely as the last candidate: where that bound leaves a row's nucleus
     in doubt, the row's exact total is computed, and where the nucleus reaches past the candidates the
     row is ranked over the whole vocabulary. The result is exact; the common case touches the full
-    vocabulary only in `topk`.
+    vocabulary only in `topk`. `candidates=0` ranks the whole vocabulary.
     """
-    top, ids = logits.topk(min(candidates, logits.shape[-1]), dim=-1)
+    vocab = logits.shape[-1]
+    top, ids = logits.topk(min(candidates, vocab) if candidates > 0 else vocab, dim=-1)
     scores = top.float() / temperature
     weights = (scores - scores[:, :1]).exp()  # relative to the most likely token
     before = weights.cumsum(-1) - weights  # mass ranked above each candidate
     total = weights.sum(-1, keepdim=True)
-    bound = total + (logits.shape[-1] - top.shape[-1]) * weights[:, -1:]
+    bound = total + (vocab - top.shape[-1]) * weights[:, -1:]
     doubt = ((before >= top_p * total) & (before < top_p * bound)).any(-1) | (total < top_p * bound).squeeze(-1)
     if doubt.any():
         exact = ((logits[doubt].float() / temperature) - scores[doubt, :1]).exp().sum(-1, keepdim=True)
@@ -202,7 +203,10 @@ class HFGenerator:
         return logits, mask
 
     def _batch(self, model, rows, k, max_new, temperature, top_p, generator, stop) -> list[list[int]]:
-        """New token ids for k samples of each prompt in `rows` (stop tokens dropped)."""
+        """New token ids for k samples of each prompt in `rows`, up to and including a stop token.
+
+        As with `generate`, decoding with skip_special_tokens drops the stop token when it is special.
+        """
         cache = new_cache(model, max(map(len, rows)) + max_new, self.preallocate)
         logits, mask = self._prefill(model, rows, cache)
         if k > 1:  # each prompt was encoded once; its k samples share that cache
@@ -227,8 +231,7 @@ class HFGenerator:
             logits = model(input_ids=token.clamp(min=0)[:, None], attention_mask=mask, position_ids=position,
                            cache=cache, use_cache=True).logits[:, -1]
             position = position + 1
-        ends = set(stop.tolist())
-        return [[t for t in row if t >= 0 and t not in ends] for row in tokens.tolist()]
+        return [[t for t in row if t >= 0] for row in tokens.tolist()]
 
 
 def stop_token_ids(model, tokenizer) -> torch.Tensor:

@@ -1,0 +1,121 @@
+"""valharm's decoding loop against transformers' generate, and its exact top-p sampler."""
+import pytest
+import torch
+from transformers.generation.logits_process import TemperatureLogitsWarper, TopPLogitsWarper
+
+from valharm.generation import GenerationRequest, HFGenerator, nucleus
+from valharm.prompting import PromptStrategy
+
+QUESTIONS = ["Do you like music?", "Name a colour.", "What is the capital of a country you know well and why?",
+             "Say something kind.", "Count to three.", "Which season do you prefer, and what do you do then?"]
+
+
+def greedy_requests(bundle, max_new_tokens=12):
+    strategy = PromptStrategy()
+    chat = [strategy.chat(bundle, q) for q in QUESTIONS]
+    raw = [strategy.raw(bundle, q) for q in QUESTIONS[:3]]  # no shared chat template
+    return [GenerationRequest(f"r{i}", p, max_new_tokens=max_new_tokens) for i, p in enumerate(chat + raw)]
+
+
+def transformers_greedy(bundle, requests, eos_token_id=None):
+    tok = bundle.tokenizer
+    tok.padding_side = "left"
+    encoded = tok([r.prompt for r in requests], return_tensors="pt", padding=True, add_special_tokens=False)
+    out = bundle.model.generate(**encoded, max_new_tokens=requests[0].max_new_tokens, do_sample=False,
+                                pad_token_id=tok.pad_token_id, eos_token_id=eos_token_id)
+    return tok.batch_decode(out[:, encoded["input_ids"].shape[1]:], skip_special_tokens=True)
+
+
+@pytest.mark.parametrize("options", [{}, {"share_prefix": False}, {"preallocate": False}, {"batch_size": 2},
+                                     {"compact_fraction": 0.0}])
+def test_greedy_gives_the_tokens_of_transformers_generate(tiny_bundle, options):
+    requests = greedy_requests(tiny_bundle)
+    ours = HFGenerator(progress=False, **options).generate(tiny_bundle.model, tiny_bundle.tokenizer, requests)
+    assert [texts[0] for texts in ours] == transformers_greedy(tiny_bundle, requests)
+
+
+def test_finished_rows_leave_the_batch_without_changing_outputs(tiny_bundle):
+    model, tok = tiny_bundle.model, tiny_bundle.tokenizer
+    requests = greedy_requests(tiny_bundle, max_new_tokens=16)
+    first = HFGenerator(progress=False).generate(model, tok, requests[:1])[0][0]
+    stop = tok(first, add_special_tokens=False)["input_ids"][3]  # a token the model does produce
+    saved = model.generation_config.eos_token_id
+    model.generation_config.eos_token_id = stop
+    try:
+        expected = transformers_greedy(tiny_bundle, requests, eos_token_id=stop)
+        results = {fraction: HFGenerator(progress=False, compact_fraction=fraction).generate(model, tok, requests)
+                   for fraction in (0.0, 0.25, 2.0)}  # drop at once, at a quarter, never
+    finally:
+        model.generation_config.eos_token_id = saved
+    lengths = [len(tok(t[0], add_special_tokens=False)["input_ids"]) for t in results[0.25]]
+    assert min(lengths) < 16 and max(lengths) > min(lengths)  # some rows did stop early
+    for outputs in results.values():
+        assert [t[0] for t in outputs] == expected
+
+
+def reference_nucleus(logits, temperature, top_p):
+    """The top-p rule on a full float64 sort: (probabilities renormalised over the nucleus, margin)."""
+    probs = (logits.double() / temperature).softmax(-1)
+    sorted_probs, order = probs.sort(-1, descending=True)
+    before = sorted_probs.cumsum(-1) - sorted_probs
+    keep = torch.zeros_like(probs, dtype=torch.bool).scatter(-1, order, before < top_p)
+    kept = probs * keep
+    return kept / kept.sum(-1, keepdim=True), (before - top_p).abs().min(-1).values
+
+
+def dense(ids, weights, vocab):
+    full = torch.zeros(len(ids), vocab, dtype=torch.float64).scatter_add(-1, ids, weights.double())
+    return full / full.sum(-1, keepdim=True)
+
+
+@pytest.mark.parametrize("candidates", [0, 1, 2, 8, 64])
+@pytest.mark.parametrize("temperature", [0.1, 0.7, 1.5])
+@pytest.mark.parametrize("top_p", [0.3, 0.75, 0.95])
+def test_nucleus_is_exact_whatever_the_candidate_count(candidates, temperature, top_p):
+    generator = torch.Generator().manual_seed(candidates * 7 + int(temperature * 10) + int(top_p * 100))
+    logits = torch.randn(16, 500, generator=generator) * torch.linspace(0.2, 6, 16)[:, None]  # flat to sharp
+    expected, margin = reference_nucleus(logits, temperature, top_p)
+    ids, weights = nucleus(logits, temperature, top_p, candidates)
+    ours = dense(ids, weights, logits.shape[-1])
+    clear = margin > 1e-6  # rows whose boundary is not a rounding coin-toss
+    assert clear.sum() >= 14
+    assert torch.equal(ours[clear] > 0, expected[clear] > 0)
+    assert torch.allclose(ours[clear], expected[clear], atol=1e-5)
+
+
+def test_nucleus_agrees_with_transformers_top_p_warper():
+    logits = torch.randn(32, 2000, generator=torch.Generator().manual_seed(3)) * 4
+    warped = TopPLogitsWarper(0.75)(None, TemperatureLogitsWarper(0.1)(None, logits.clone()))
+    ids, weights = nucleus(logits, 0.1, 0.75, 64)
+    assert torch.allclose(dense(ids, weights, 2000), warped.softmax(-1).double(), atol=1e-6)
+
+
+def sampled(bundle, requests, seed=0, **options):
+    return HFGenerator(progress=False, seed=seed, **options).generate(bundle.model, bundle.tokenizer, requests)
+
+
+def test_k_samples_come_from_one_encoding_and_equal_k_copies(tiny_bundle):
+    prompt = PromptStrategy().raw(tiny_bundle, "The weather today is")
+    settings = {"max_new_tokens": 10, "temperature": 0.9, "top_p": 0.9}
+    once = sampled(tiny_bundle, [GenerationRequest("a", prompt, num_samples=4, **settings)])
+    copies = sampled(tiny_bundle, [GenerationRequest(f"c{i}", prompt, **settings) for i in range(4)])
+    assert len(once) == 1 and len(once[0]) == 4
+    assert once[0] == [texts[0] for texts in copies]
+    assert len(set(once[0])) > 1  # they are samples, not one text four times
+
+
+def test_sampling_is_seeded(tiny_bundle):
+    request = [GenerationRequest("a", PromptStrategy().raw(tiny_bundle, "Once upon a time"), max_new_tokens=10,
+                                 temperature=1.0, top_p=0.9, num_samples=3)]
+    assert sampled(tiny_bundle, request, seed=1) == sampled(tiny_bundle, request, seed=1)
+    assert sampled(tiny_bundle, request, seed=1) != sampled(tiny_bundle, request, seed=2)
+
+
+def test_outputs_follow_request_order_across_mixed_settings(tiny_bundle):
+    greedy = greedy_requests(tiny_bundle)
+    sampled_request = GenerationRequest("s", greedy[0].prompt, max_new_tokens=5, temperature=1.0, num_samples=2)
+    mixed = [greedy[4], sampled_request, greedy[0], greedy[7]]
+    outputs = sampled(tiny_bundle, mixed)
+    alone = sampled(tiny_bundle, [greedy[4], greedy[0], greedy[7]])
+    assert [outputs[0], outputs[2], outputs[3]] == alone
+    assert len(outputs[1]) == 2
