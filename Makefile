@@ -23,7 +23,7 @@ $(STAMP): pyproject.toml Makefile
 	touch $(STAMP)
 
 demo: setup
-	$(BIN)/python -m valharm.train
+	$(BIN)/python -m valharm.train experiment=demo
 
 test: setup
 	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q
@@ -32,7 +32,8 @@ test-fast: setup
 	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -m "not slow"
 
 bench: setup
-	$(BIN)/python bench/bench_pipeline.py
+	$(BIN)/pip install --quiet -e ".[bench]"
+	$(BIN)/python bench/bench_throughput.py
 
 clean:
 	rm -rf $(VENV) .cache outputs

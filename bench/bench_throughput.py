@@ -190,11 +190,14 @@ def bench_training(bundle, spec, precision, batches: int, rounds: int) -> None:
             runs[label].append(lightning_epoch() if label == "lightning" else plain_epoch())
     loop = {label: statistics.median(r[0] for r in results) for label, results in runs.items()}
     setup = statistics.median(total - seconds for seconds, total in runs["lightning"])
+    _, loading = timed(lambda: list(data.train_dataloader()))
     print(f"\ntraining: {len(data.train)} examples in batches of 8, {tokens} tokens per epoch, "
           f"precision {precision.lightning}, median of {rounds} epochs each")
     print(f"  Lightning loop (valharm)  {tokens / loop['lightning']:8.1f} tok/s   (+{setup:.1f} s set-up per fit)")
     print(f"  plain PyTorch loop        {tokens / loop['plain']:8.1f} tok/s")
     print(f"  time ratio Lightning/plain: {loop['lightning'] / loop['plain']:.3f}")
+    print(f"  data loading (sampling + collation) {loading * 1e3:.1f} ms per epoch, "
+          f"{100 * loading / loop['plain']:.2f}% of the loop")
 
 
 def data_dir(given: str | None) -> Path | None:

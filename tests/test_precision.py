@@ -16,6 +16,8 @@ def cpu(monkeypatch):
     """Pretend to run on a CPU with the given capability flags."""
     def use(**flags):
         monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: {**AVX2, **flags})
+        native = flags.get("avx512_bf16") or flags.get("amx_bf16")
+        monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX512" if native else "AVX2")
     return use
 
 
@@ -31,6 +33,13 @@ def test_auto_on_cpu_follows_native_bf16_and_width(cpu, flags, width, expected):
     assert chosen.name == expected and chosen.device == "cpu"
     assert chosen.lightning == {"fp32": "32-true", "bf16": "bf16-mixed"}[expected]
     assert chosen.record()["reason"]
+
+
+def test_kernels_capped_below_avx512_mean_no_native_bf16(monkeypatch):
+    monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: {"avx512_bf16": True, "amx_bf16": True})
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX2")  # ATEN_CPU_CAPABILITY=avx2
+    assert precision.native_bf16_cpu() is None
+    assert precision.choose("auto", "cpu", 4096).name == "fp32"
 
 
 def test_auto_on_gpus(monkeypatch):

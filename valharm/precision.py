@@ -47,8 +47,13 @@ class Precision:
 
 
 def native_bf16_cpu() -> str | None:
-    """The CPU feature that gives native bf16 matrix products ('amx_bf16' or 'avx512_bf16'), if any."""
-    capabilities = torch.cpu.get_capabilities() if hasattr(torch.cpu, "get_capabilities") else {}
+    """The CPU feature that gives native bf16 matrix products ('amx_bf16' or 'avx512_bf16'), if any.
+
+    Only when torch's own kernels use AVX-512 (ATEN_CPU_CAPABILITY can cap them lower).
+    """
+    if torch.backends.cpu.get_cpu_capability() != "AVX512" or not hasattr(torch.cpu, "get_capabilities"):
+        return None
+    capabilities = torch.cpu.get_capabilities()
     return next((flag for flag in ("amx_bf16", "avx512_bf16") if capabilities.get(flag)), None)
 
 
@@ -86,7 +91,9 @@ def choose(requested: str, device: str, hidden_size: int) -> Precision:
 
 def hardware() -> dict:
     """What the run ran on, for results and timings."""
-    info = {"cpu": platform.processor() or platform.machine(), "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+    capabilities = torch.cpu.get_capabilities() if hasattr(torch.cpu, "get_capabilities") else {}
+    info = {"cpu": capabilities.get("cpu_name") or platform.processor() or platform.machine(),
+            "cpu_capability": torch.backends.cpu.get_cpu_capability(),
             "native_bf16": native_bf16_cpu(), "torch_threads": torch.get_num_threads()}
     if torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name()
