@@ -10,6 +10,7 @@ Greedy decoding gives the same tokens as `model.generate`; sampling draws from t
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from itertools import groupby
 
@@ -131,16 +132,6 @@ def new_cache(model, capacity: int, preallocate: bool = True) -> Cache:
     return cache
 
 
-def common_prefix_length(rows: list[list[int]]) -> int:
-    first = rows[0]
-    length = min(len(r) for r in rows)
-    for i in range(length):
-        token = first[i]
-        if any(r[i] != token for r in rows):
-            return i
-    return length
-
-
 class HFGenerator:
     """Batched generation with a transformers model on one device (see the module docstring)."""
 
@@ -189,7 +180,7 @@ class HFGenerator:
         A prefix common to all rows is run once and its cache copied to every row; the rest of each
         prompt follows it, left-padded: [shared prefix | padding | own tokens].
         """
-        shared = common_prefix_length(rows) if self.share_prefix and len(rows) > 1 else 0
+        shared = len(os.path.commonprefix(rows)) if self.share_prefix and len(rows) > 1 else 0
         shared = min(shared, min(map(len, rows)) - 1)  # every row keeps a token of its own
         if shared > 0:
             model(input_ids=torch.tensor([rows[0][:shared]], device=self.device), cache=cache, use_cache=True,
