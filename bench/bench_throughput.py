@@ -18,7 +18,7 @@ import argparse
 import os
 import statistics
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
@@ -132,6 +132,11 @@ def bench_generation(name, requests, models, tokenizer, valharm_dtype, batch_siz
         generator = HFGenerator(**{"batch_size": batch_size, "progress": False, **options})
         add(label, valharm_dtype, options.get("batch_size", batch_size),
             lambda: generator.generate(model, tokenizer, requests), repeats)
+    if ablations and k > 1:  # k single-sample copies: every copy is encoded again
+        copies = [replace(r, id=f"{r.id}/{i}", num_samples=1) for r in requests for i in range(k)]
+        generator = HFGenerator(batch_size=batch_size, progress=False)
+        add("  k copies instead of k samples of one encoding", valharm_dtype, batch_size,
+            lambda: [sum(generator.generate(model, tokenizer, copies), [])], repeats)
     return rows
 
 
