@@ -227,6 +227,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="runs of each valharm variant (median kept)")
     parser.add_argument("--train-batches", type=int, default=6)
     parser.add_argument("--train-rounds", type=int, default=3)
+    parser.add_argument("--workloads", default="greedy,sampling", help="generation workloads to run")
     parser.add_argument("--skip", choices=["generation", "training"], action="append", default=[])
     args = parser.parse_args()
 
@@ -256,6 +257,8 @@ def main() -> None:
         strategy = PromptStrategy()
         results = {}
         for name, benchmark in (("greedy", pvq), ("sampling", rtp)):
+            if name not in args.workloads.split(","):
+                continue
             requests = benchmark.requests(bundle, strategy)
             results[name] = bench_generation(name, requests, models, bundle.tokenizer, generation.dtype,
                                              batch_size, args.ablations, args.repeats)
