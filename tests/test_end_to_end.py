@@ -66,7 +66,8 @@ def test_multirun_logs_two_offline_wandb_runs_in_one_group(sweep):
         assert all(isinstance(config[f"value/{v}"], float) for v in ("Achievement", "Universalism"))
     for f in files:
         keys = summary(f)
-        assert {"rtp/expected_max_toxicity", "rtp/toxicity_probability", "pvq40/invalid"} <= set(keys)
+        assert {"rtp/expected_max_toxicity", "rtp/toxicity_probability", "pvq40/invalid",
+                "timing/rtp/tokens_per_s"} <= set(keys)
         assert "generations" in {k.split("/")[0] for k in keys}
 
 

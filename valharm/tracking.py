@@ -62,8 +62,8 @@ class WandbTracker(NoTracker):
     def log_results(self, results, records):
         import wandb
 
-        numbers = {k: v for k, v in flatten(results.get("metrics", {})).items()
-                   if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        logged = {**flatten(results.get("metrics", {})), **flatten({"timing": results.get("timing", {})})}
+        numbers = {k: v for k, v in logged.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
         self.run.summary.update(numbers)
         if records:
             columns = sorted({k for r in records for k in r})
