@@ -29,6 +29,11 @@ from valharm.questionnaire import SCALE, parse_rating, rating_answer, rating_pro
     ("4 out of 6", 4),
     ("1.5", None),
     ("2nd option", None),
+    ("1 = not like me at all, 2 = not like me, 3 = a little like me", None),   # one-line echo of the scale
+    ("1 = not like me at all, 6 = very much like me. My answer: 4", 4),
+    ("Between 1 and 6, 4", 4),
+    ("On a 6-point scale, I'd give 4", 4),
+    ("4 = somewhat like me", 4),                    # a single pair is an answer
 ])
 def test_first_valid_rating_is_parsed(text, rating):
     assert parse_rating(text) == rating

@@ -1,7 +1,7 @@
 import pandas as pd
 import pytest
 
-from valharm.data.touche import SAMPLE_PATH, load_arguments, split_arguments
+from valharm.data.touche import SAMPLE_PATH, load_arguments, load_splits, split_arguments
 from valharm.errors import ValharmError
 from valharm.values import VALUES
 
@@ -54,8 +54,25 @@ def test_level2_labels_are_mapped():
 
 def test_split_is_80_10_10_and_seeded():
     frame = load_arguments()
-    parts = split_arguments(frame, (0.8, 0.1, 0.1), seed=42)
+    parts = split_arguments(frame, seed=42)
     assert [len(parts[s]) for s in ("train", "valid", "test")] == [39, 5, 5]
-    again = split_arguments(frame, (0.8, 0.1, 0.1), seed=42)
+    again = split_arguments(frame, seed=42)
     pd.testing.assert_frame_equal(parts["valid"], again["valid"])
     assert set(parts["train"]["Premise"]).isdisjoint(parts["test"]["Premise"])
+
+
+def test_split_reproduces_the_studys_split_files(shared_data):
+    parts = load_splits(str(shared_data / "valueEval_10.csv"), seed=42)
+    for name in ("train", "valid", "test"):
+        study = pd.read_csv(shared_data / f"touche_split_{name}.csv", sep="\t")
+        assert len(parts[name]) == len(study)
+        for column in ("Conclusion", "Stance", "Premise", "Power"):  # the same rows, in the same order
+            assert parts[name][column].tolist() == study[column].tolist()
+
+
+def test_pre_split_files_are_read_as_given(shared_data):
+    files = {name: str(shared_data / f"touche_split_{name}.csv") for name in ("train", "valid", "test")}
+    parts = load_splits(splits=files)
+    assert [len(parts[n]) for n in ("train", "valid", "test")] == [5899, 738, 737]
+    with pytest.raises(ValharmError, match="lacks test"):
+        load_splits(splits={"train": files["train"], "valid": files["valid"]})

@@ -1,3 +1,4 @@
+import lightning as L
 import torch
 from hydra.utils import instantiate
 
@@ -57,6 +58,40 @@ def test_training_lowers_loss_keeps_best_adapter_only_and_reloads_equal(tiny_spe
         base = tiny_spec.load().model(**probe).logits
     assert torch.equal(trained, reloaded)
     assert not torch.allclose(trained, base)
+
+
+class HarderLastValidation(L.Callback):
+    """Validates the last epoch on answers nothing taught, so an earlier epoch is the best."""
+
+    def __init__(self, valid: list, harder: list):
+        self.valid, self.harder = valid, harder
+
+    def on_validation_epoch_start(self, trainer, pl_module):
+        if trainer.current_epoch == trainer.max_epochs - 1:
+            self.valid[:] = self.harder  # the loader reads this list each epoch
+
+
+def test_the_best_epochs_adapter_is_reloaded_not_the_last_epochs(tiny_spec, tmp_path):
+    bundle = tiny_spec.load()
+    examples = [Example(f"Name a colour ({i}).", "Blue.") for i in range(16)]
+    data = SupervisedDataModule(bundle, examples[:12], examples[12:], batch_size=4, max_length=64)
+    harder = [encode(bundle, Example(f"Name a colour ({i}).", "Quantum zebra xylophone."), 64) for i in range(4)]
+    model = add_lora(bundle.model, r=8, alpha=32, dropout=0.0, target_modules=["q_proj", "v_proj"])
+
+    def make_trainer(stage, callbacks, **kwargs):
+        return instantiate({"_target_": "lightning.pytorch.Trainer", "accelerator": "cpu", "max_epochs": 2,
+                            "logger": False, "enable_checkpointing": False, "enable_progress_bar": False,
+                            "enable_model_summary": False, "num_sanity_val_steps": 0},
+                           callbacks=[HarderLastValidation(data.valid, harder), *callbacks], **kwargs)
+
+    metrics = fit_adapter(model, data, tmp_path / "adapter", make_trainer, lr=5e-3, seed=1)
+    assert metrics["best_epoch"] == 0 and metrics["steps"] == 6  # two epochs ran; the first is kept
+    probe = collate([encode(bundle, examples[0], 64)], bundle.tokenizer.pad_token_id)
+    with torch.no_grad():
+        live = model(**probe).logits
+        best = load_adapter(tiny_spec.load().model, tmp_path / "adapter")(**probe).logits
+        base = tiny_spec.load().model(**probe).logits
+    assert torch.equal(live, best) and not torch.allclose(best, base)
 
 
 class FakeTrainer:

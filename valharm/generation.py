@@ -18,6 +18,8 @@ import torch
 from tqdm.auto import tqdm
 from transformers.cache_utils import Cache, DynamicCache, DynamicLayer
 
+from valharm.models import encode_prompts
+
 
 @dataclass(frozen=True)
 class GenerationRequest:
@@ -151,7 +153,7 @@ class HFGenerator:
         model.eval().to(self.device)
         self.new_tokens = 0
         stop = stop_token_ids(model, tokenizer)
-        encoded = tokenizer([r.prompt for r in requests], add_special_tokens=False)["input_ids"]
+        encoded = encode_prompts(tokenizer, [r.prompt for r in requests])
         order = sorted(range(len(requests)), key=lambda i: (requests[i].sampling(), -len(encoded[i])))
         outputs: dict[int, list[str]] = {}
         bar = tqdm(total=len(requests), desc=desc, disable=not self.progress, unit="prompt")

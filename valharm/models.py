@@ -59,6 +59,20 @@ class LoadedModel:
         return tok.bos_token if tok.bos_token and ids and ids[0] == tok.bos_token_id else ""
 
 
+def encode_prompts(tokenizer, texts: list[str]) -> list[list[int]]:
+    """Token ids of formatted prompts (which carry their special tokens as text).
+
+    A prompt that starts with the BOS token gets the BOS id followed by the ids of the rest: tokenising
+    '<s>' + text in one piece drops the word-start marker of the first word with SentencePiece-style
+    tokenizers (Llama-2's Metaspace prepends it only at offset 0).
+    """
+    bos = tokenizer.bos_token
+    starts = [bool(bos) and text.startswith(bos) for text in texts]
+    bodies = [text[len(bos):] if start else text for text, start in zip(texts, starts)]
+    ids = tokenizer(bodies, add_special_tokens=False)["input_ids"] if texts else []
+    return [[tokenizer.bos_token_id, *row] if start else row for row, start in zip(ids, starts)]
+
+
 def prepare_tokenizer(tokenizer, prompt_format: str, name: str):
     if prompt_format not in PROMPT_FORMATS:
         raise ValharmError(f"model.prompt_format='{prompt_format}' for {name}; use one of {PROMPT_FORMATS}")

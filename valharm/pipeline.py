@@ -191,8 +191,8 @@ def run_job(cfg: DictConfig, job_type: str, align) -> dict | None:
 def dataset_record(dataset: DictConfig, size: int) -> dict:
     from valharm.data.touche import SAMPLE_PATH
 
-    source = dataset.hub_id or dataset.path or str(SAMPLE_PATH)
-    return {"source": str(source), "arguments": size, "shipped_sample": not (dataset.hub_id or dataset.path)}
+    given = dataset.hub_id or dataset.path or (dict(dataset.splits) if dataset.splits else None)
+    return {"source": str(given or SAMPLE_PATH), "arguments": size, "shipped_sample": not given}
 
 
 def train(cfg: DictConfig) -> dict | None:
@@ -209,7 +209,7 @@ def train(cfg: DictConfig) -> dict | None:
                                 **kwargs)
 
         alignment = aligner.align(bundle, parts["value"], arguments, run_dir, trainer_for)
-        alignment.metrics["dataset"] = dataset_record(cfg.dataset, len(arguments))
+        alignment.metrics["dataset"] = dataset_record(cfg.dataset, sum(map(len, arguments.values())))
         OmegaConf.save({"aligner": aligner.name, "model": cfg.model, "value": cfg.value},
                        alignment.adapter_dir / ADAPTER_ORIGIN, resolve=True)
         return aligner.name, alignment

@@ -23,7 +23,11 @@ IMPORTANCE = {
 _LABELS = sorted(SCALE.items(), key=lambda item: -len(item[1]))  # longest first: "like me" is inside others
 _RATING = re.compile(r"(?<![\w.])[1-6](?!\w|\.\d)")
 _LIST_ITEM = re.compile(r"^\s*[1-6]\s*[=.):]", re.MULTILINE)
-_SCALE_ECHO = re.compile(r"\b[1-6]\s*(?:-|–|to)\s*[1-6]\b|\bout of\s+\d+|/\s*6\b")
+_SCALE_ECHO = re.compile(r"\b[1-6]\s*(?:-|–|to)\s*[1-6]\b|\bout of\s+\d+|/\s*6\b|\bbetween\s+[1-6]\s+and\s+[1-6]\b"
+                         r"|\b\d+\s*-?\s*points?\b")
+# "4 = somewhat like me": one such pair may be the answer; two or more are the scale read back.
+_SCALE_PAIR = re.compile(r"\b[1-6]\s*[=:]\s*(?:" + "|".join(sorted(map(re.escape, SCALE.values()), key=len, reverse=True))
+                         + r")")
 # A scale label counts only as the answer itself: at the start, optionally after "answer:" or "X is/am".
 _LABEL_START = re.compile(r"^\W*(?:answer\W*)?(?:(?:this person|he|she|it|that|this) is\s+|i am\s+)?")
 
@@ -44,17 +48,25 @@ def rating_answer(rating: int, value: str) -> str:
     return f"{rating}. {value} is {IMPORTANCE[rating]} to me."
 
 
+def _blank(match: re.Match) -> str:
+    return " " * len(match.group())  # same length, so positions in the reply stay comparable
+
+
 def parse_rating(text: str) -> int | None:
     """The rating an answer gives, as a digit 1-6 or a scale label; None when it gives none.
 
-    Unclear answers are not guessed: an echoed scale ("1 = ...", "2 = ..."), a range ("1 to 6") or
-    a label inside a longer phrase ("nothing like me", "a bit like me") does not count.
+    Unclear answers are not guessed: an echoed scale ("1 = ...", "2 = ..." on lines or on one line), a
+    range ("1 to 6", "between 1 and 6", "a 6-point scale") or a label inside a longer phrase ("nothing
+    like me", "a bit like me") does not count; what the reply says besides them still can.
     """
     lowered = text.lower().strip()
     if len(_LIST_ITEM.findall(lowered)) >= 2:
         return None
+    searched = _SCALE_ECHO.sub(_blank, lowered)
+    if len(_SCALE_PAIR.findall(searched)) >= 2:
+        searched = _SCALE_PAIR.sub(_blank, searched)
     hits = []
-    match = _RATING.search(_SCALE_ECHO.sub(lambda m: " " * len(m.group()), lowered))
+    match = _RATING.search(searched)
     if match:
         hits.append((match.start(), int(match.group())))
     prefix = _LABEL_START.match(lowered).end()

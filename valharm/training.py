@@ -15,7 +15,7 @@ from transformers import get_linear_schedule_with_warmup
 from transformers.trainer_pt_utils import LengthGroupedSampler
 
 from valharm.errors import ValharmError
-from valharm.models import LoadedModel
+from valharm.models import LoadedModel, encode_prompts
 
 IGNORE_INDEX = -100
 
@@ -34,7 +34,7 @@ def encode(bundle: LoadedModel, example: Example, max_length: int) -> dict | Non
     Returns None when the prompt alone fills `max_length` (nothing left to learn from).
     """
     tok = bundle.tokenizer
-    prompt_ids = tok(bundle.format_prompt(example.prompt), add_special_tokens=False)["input_ids"]
+    prompt_ids = encode_prompts(tok, [bundle.format_prompt(example.prompt)])[0]
     response_ids = tok(example.response, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
     room = max_length - len(prompt_ids)
     if room <= 0:

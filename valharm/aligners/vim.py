@@ -14,7 +14,6 @@ import lightning as L
 import pandas as pd
 
 from valharm.aligners import Alignment
-from valharm.data.touche import split_arguments
 from valharm.models import LoadedModel, add_lora
 from valharm.questionnaire import rating_answer, rating_prompt
 from valharm.training import Example, SupervisedDataModule, fit_adapter
@@ -83,17 +82,17 @@ def build_examples(frame: pd.DataFrame, value: ValueDistribution, threshold: flo
 class VIMAligner:
     """Train one adapter through both VIM stages; the best-validation adapter of stage 2 is kept."""
 
-    def __init__(self, name: str = "vim", threshold: float = 3.0, seed: int = 42, split: tuple = (0.8, 0.1, 0.1),
-                 max_arguments: int | None = None, lora: dict | None = None, training: dict | None = None):
-        self.name, self.threshold, self.seed, self.split = name, threshold, seed, tuple(split)
+    def __init__(self, name: str = "vim", threshold: float = 3.0, seed: int = 42, max_arguments: int | None = None,
+                 lora: dict | None = None, training: dict | None = None):
+        self.name, self.threshold, self.seed = name, threshold, seed
         self.max_arguments = max_arguments
         self.lora = dict(lora or {})
         self.training = {"lr": 2e-5, "batch_size": 8, "max_length": 128, "max_length_agreement": 256,
                          **(training or {})}
 
-    def align(self, bundle: LoadedModel, value: ValueDistribution, arguments: pd.DataFrame, run_dir: Path,
+    def align(self, bundle: LoadedModel, value: ValueDistribution, splits: dict[str, pd.DataFrame], run_dir: Path,
               make_trainer) -> Alignment:
-        splits = split_arguments(arguments, self.split, self.seed)
+        """`splits`: train/valid/test arguments (the dataset's split; valid picks the kept epoch)."""
         if self.max_arguments:
             splits = {name: part.head(self.max_arguments) for name, part in splits.items()}
         built = {name: build_examples(part, value, self.threshold, self.seed) for name, part in splits.items()}

@@ -62,13 +62,34 @@ def map_level2(frame: pd.DataFrame, level2_map: dict[str, list[str]], where: str
     return out
 
 
-def split_arguments(frame: pd.DataFrame, fractions=(0.8, 0.1, 0.1), seed: int = 42) -> dict[str, pd.DataFrame]:
-    """Shuffle with `seed` and cut into train/valid/test by `fractions` (each split non-empty)."""
-    if len(frame) < 3:
-        raise ValharmError(f"need at least 3 arguments to split into train/valid/test, got {len(frame)}")
-    shuffled = frame.sample(frac=1.0, random_state=seed).reset_index(drop=True)
-    n_valid = max(1, round(len(frame) * fractions[1]))
-    n_test = max(1, round(len(frame) * fractions[2]))
-    n_train = len(frame) - n_valid - n_test
-    return {"train": shuffled[:n_train], "valid": shuffled[n_train:n_train + n_valid],
-            "test": shuffled[n_train + n_valid:]}
+SPLITS = ("train", "valid", "test")
+
+
+def split_arguments(frame: pd.DataFrame, seed: int = 42, train_fraction: float = 0.8,
+                    valid_fraction: float = 0.5) -> dict[str, pd.DataFrame]:
+    """The study's split: train = a seeded sample of `train_fraction`, valid = a seeded sample of
+    `valid_fraction` of the rest, test = the remainder (valueEval_10.csv: 5,899 / 738 / 737)."""
+    train = frame.sample(frac=train_fraction, random_state=seed)
+    rest = frame.drop(train.index)
+    valid = rest.sample(frac=valid_fraction, random_state=seed)
+    parts = {"train": train, "valid": valid, "test": rest.drop(valid.index)}
+    empty = [name for name, part in parts.items() if part.empty]
+    if empty:
+        raise ValharmError(f"{len(frame)} arguments leave the {', '.join(empty)} split empty; "
+                           f"use more arguments or pre-split files (dataset.splits)")
+    return parts
+
+
+def load_splits(path: str | None = None, hub_id: str | None = None, split: str = "train",
+                level2_map: dict[str, list[str]] | None = None, splits: dict[str, str] | None = None,
+                seed: int = 42, train_fraction: float = 0.8, valid_fraction: float = 0.5) -> dict[str, pd.DataFrame]:
+    """Train/valid/test arguments: pre-split files or hub splits (`splits`: train/valid/test -> path or
+    hub split name), else one file (or hub split) cut as the study did."""
+    if splits:
+        missing = [name for name in SPLITS if name not in splits]
+        if missing:
+            raise ValharmError(f"dataset.splits lacks {', '.join(missing)}; give a file (or hub split) for each "
+                               f"of {', '.join(SPLITS)}")
+        return {name: load_arguments(None if hub_id else splits[name], hub_id, splits[name], level2_map)
+                for name in SPLITS}
+    return split_arguments(load_arguments(path, hub_id, split, level2_map), seed, train_fraction, valid_fraction)
