@@ -2,7 +2,7 @@ import math
 
 import pytest
 
-from valharm.benchmarks.pvq40 import PVQ40, load_items
+from valharm.benchmarks.pvq40 import PVQ40, answer_distribution, load_items
 from valharm.benchmarks.rtp import RealToxicityPrompts, expected_max_toxicity, load_prompts, toxicity_probability
 from valharm.errors import ValharmError
 from valharm.prompting import PromptStrategy
@@ -54,7 +54,7 @@ def test_rtp_evaluate_reduces_k_samples_per_prompt(tiny_bundle):
 
 
 def test_pvq_counts_unparseable_answers(tiny_bundle):
-    bench = PVQ40()
+    bench = PVQ40(scoring="generate")
     requests = bench.requests(tiny_bundle, PromptStrategy())
     outputs = [["6"] if "Power" == v else ["no idea"] for v in bench.items["value"]]
     result = bench.evaluate(requests, outputs, extreme("power"))
@@ -63,6 +63,56 @@ def test_pvq_counts_unparseable_answers(tiny_bundle):
     assert len(result.metrics["values_without_valid_answer"]) == 9 and result.info["shipped_sample"]
     outputs = [["6"] if "Power" == v else ["2 - not like me"] for v in bench.items["value"]]
     assert bench.evaluate(requests, outputs, extreme("power")).metrics["nmse"] == pytest.approx(9 * 0.04 / 10)
+
+
+def test_answer_distribution_by_hand():
+    rating, mean, probs = answer_distribution([math.log(p) for p in (0.05, 0.1, 0.2, 0.4, 0.15, 0.1)])
+    assert rating == 4 and mean == pytest.approx(0.05 + 0.2 + 0.6 + 1.6 + 0.75 + 0.6)
+    assert probs == pytest.approx([0.05, 0.1, 0.2, 0.4, 0.15, 0.1])
+    _, mean, probs = answer_distribution([-1.0, -3.0, -3.0, -3.0, -3.0, -3.0])  # renormalised over the six
+    total = math.exp(-1) + 5 * math.exp(-3)
+    assert probs[0] == pytest.approx(math.exp(-1) / total) and mean == pytest.approx(
+        sum(r * math.exp(-1 if r == 1 else -3) for r in range(1, 7)) / total)
+
+
+def test_pvq_loglik_mode_scores_every_item_and_records_its_mode(tiny_bundle):
+    bench = PVQ40()
+    assert bench.scoring == "loglik"
+    requests = bench.requests(tiny_bundle, PromptStrategy())
+    assert all(r.continuations == ("1", "2", "3", "4", "5", "6") for r in requests)
+    sure_six = [math.log(p) for p in (0.01, 0.01, 0.01, 0.01, 0.06, 0.9)]
+    sure_two = [math.log(p) for p in (0.3, 0.6, 0.04, 0.03, 0.02, 0.01)]
+    outputs = [sure_six if v == "Power" else sure_two for v in bench.items["value"]]
+    result = bench.evaluate(requests, outputs, extreme("power"))
+    metrics = result.metrics
+    assert metrics["scoring"] == "loglik" and result.info["scoring"] == "loglik" and metrics["invalid"] == 0
+    assert metrics["scores"]["Power"] == 6 and metrics["scores"]["Tradition"] == 2
+    assert metrics["nmse"] == pytest.approx(9 * (1 / 5) ** 2 / 10)
+    assert metrics["scores_expected"]["Power"] == pytest.approx(0.01 * (1 + 2 + 3 + 4) + 0.06 * 5 + 0.9 * 6)
+    assert metrics["scores_expected"]["Tradition"] == pytest.approx(0.3 + 1.2 + 0.12 + 0.12 + 0.1 + 0.06)
+    assert {"rating", "expected_rating", "probabilities"} <= set(result.records[0])
+
+
+def test_loglikelihoods_equal_a_full_forward_pass(tiny_bundle):
+    import torch
+
+    from valharm.generation import HFGenerator, LoglikelihoodRequest
+    from valharm.models import encode_prompts
+
+    answers = ("1", " yes", "not like me at all", "4. Power is important to me.")
+    questions = ["Do you like music?", "Name a colour.", "What is the capital of a country you know well and why?"]
+    requests = [LoglikelihoodRequest(str(i), PromptStrategy().chat(tiny_bundle, q), answers)
+                for i, q in enumerate(questions)]
+    ours = HFGenerator(progress=False, batch_size=8).loglikelihood(tiny_bundle.model, tiny_bundle.tokenizer, requests)
+    tok = tiny_bundle.tokenizer
+    with torch.no_grad():
+        for request, row in zip(requests, ours):
+            prompt = encode_prompts(tok, [request.prompt])[0]
+            for answer, value in zip(answers, row):
+                ids = tok(answer, add_special_tokens=False)["input_ids"]
+                logprobs = tiny_bundle.model(input_ids=torch.tensor([prompt + ids])).logits[0].log_softmax(-1)
+                expected = sum(logprobs[len(prompt) - 1 + t, token].item() for t, token in enumerate(ids))
+                assert value == pytest.approx(expected, abs=1e-4)
 
 
 def test_pvq_items_file_is_checked(tmp_path, shared_data):

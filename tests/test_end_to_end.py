@@ -7,7 +7,7 @@ import pytest
 from conftest import run_cli
 from wandb_log import run_record, summary
 
-FAST = ["model=tiny", "trainer.max_epochs=1", "aligner.training.lr=0.01", "benchmarks.rtp.num_samples=2", "benchmarks.rtp.num_prompts=4",
+FAST = ["model=tiny", "aligner.training.epochs=1", "aligner.training.lr=0.01", "benchmarks.rtp.num_samples=2", "benchmarks.rtp.num_prompts=4",
         "generation.progress=false", "trainer.enable_progress_bar=false"]
 
 
@@ -143,3 +143,44 @@ def test_bad_input_fails_cleanly_and_keeps_earlier_results(case, tmp_path):
     assert "Traceback" not in out.stderr and len(out.stderr.strip().splitlines()) < 40
     assert (run_dir / "results.json").read_text() == '{"earlier": true}'
     assert not (run_dir / "adapter").exists()
+
+
+REFERENCE = ["model=tiny", "benchmarks.rtp.num_samples=2", "benchmarks.rtp.num_prompts=2", "generation.progress=false",
+             "trainer.enable_progress_bar=false", "logger=none"]
+
+
+@pytest.mark.slow
+def test_vanilla_and_icl_run_without_training_and_save_no_adapter(tmp_path):
+    out = run_cli("valharm.train", "-m", "aligner=vanilla,icl", *REFERENCE, f"hydra.sweep.dir={tmp_path}/m", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    dirs = run_dirs(tmp_path / "m")
+    results = [json.loads((d / "results.json").read_text()) for d in dirs]
+    assert [(r["aligner"], r["model_type"]) for r in results] == [("vanilla", "vanilla"), ("icl", "icl")]
+    for d, r in zip(dirs, results):
+        assert not (d / "adapter").exists() and not (d / "stages").exists() and r["training"] == {}
+        assert {"pvq40", "rtp"} <= set(r["metrics"]) and r["metrics"]["pvq40"]["scoring"] == "loglik"
+    assert results[0]["system_prompt"] is None and "Power (" in results[1]["system_prompt"]
+
+
+@pytest.mark.slow
+def test_sft_on_each_reference_dataset_saves_an_adapter(tmp_path):
+    out = run_cli("valharm.train", "-m", "aligner=sft", "dataset=alpaca,dolly,grammar,samsum", *REFERENCE,
+                  f"hydra.sweep.dir={tmp_path}/m", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    results = [json.loads((d / "results.json").read_text()) for d in run_dirs(tmp_path / "m")]
+    assert [r["model_type"] for r in results] == ["sft_alpaca", "sft_dolly", "sft_grammar", "sft_samsum"]
+    for d, r in zip(run_dirs(tmp_path / "m"), results):
+        assert (d / "adapter" / "adapter_model.safetensors").is_file()
+        assert r["training"]["dataset"]["shipped_sample"] and r["training"]["sft"]["accumulate_grad_batches"] == 4
+        assert {"pvq40", "rtp"} <= set(r["metrics"])
+
+
+@pytest.mark.slow
+def test_vim_trains_on_real_arguments(shared_data, tmp_path):
+    out = run_cli("valharm.train", *FAST, f"dataset.path={shared_data / 'valueEval_10.csv'}", "aligner.max_arguments=16",
+                  "value=power", "logger=none", f"hydra.run.dir={tmp_path}/run", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert results["training"]["dataset"] == {"source": str(shared_data / "valueEval_10.csv"), "arguments": 7374,
+                                              "shipped_sample": False}
+    assert results["training"]["arguments"] == {"train": 16, "valid": 16, "test": 16}

@@ -73,12 +73,12 @@ def train_tiny(spec, name, out_dir):
         before = model(**valid).loss.item()
 
     def make_trainer(stage, **kwargs):
-        return instantiate({"_target_": "lightning.pytorch.Trainer", "accelerator": "cpu", "max_epochs": 3,
+        return instantiate({"_target_": "lightning.pytorch.Trainer", "accelerator": "cpu",
                             "precision": chosen.lightning, "logger": False, "enable_checkpointing": False,
                             "enable_progress_bar": False, "enable_model_summary": False,
                             "num_sanity_val_steps": 0}, **kwargs)
 
-    metrics = fit_adapter(model, data, out_dir, make_trainer, lr=5e-3, seed=1)
+    metrics = fit_adapter(model, data, out_dir, make_trainer, lr=5e-3, seed=1, epochs=3)
     assert metrics["precision"] == chosen.lightning
     lora = torch.cat([p.detach().float().flatten() for n, p in model.named_parameters() if "lora_B" in n])
     return before, metrics["best_val_loss"], lora

@@ -38,15 +38,15 @@ def test_training_lowers_loss_keeps_best_adapter_only_and_reloads_equal(tiny_spe
     model = add_lora(bundle.model, r=8, alpha=32, dropout=0.0, target_modules=["q_proj", "v_proj"])
 
     def make_trainer(stage, **kwargs):
-        return instantiate({"_target_": "lightning.pytorch.Trainer", "accelerator": "cpu", "max_epochs": 3,
+        return instantiate({"_target_": "lightning.pytorch.Trainer", "accelerator": "cpu",
                             "logger": False, "enable_checkpointing": False, "enable_progress_bar": False,
                             "enable_model_summary": False, "num_sanity_val_steps": 0}, **kwargs)
 
     valid = collate(data.valid, bundle.tokenizer.pad_token_id)
     with torch.no_grad():
         before = model(**valid).loss.item()
-    metrics = fit_adapter(model, data, tmp_path / "adapter", make_trainer, lr=5e-3, seed=1)
-    assert metrics["steps"] == 9 and metrics["best_val_loss"] < before - 0.5
+    metrics = fit_adapter(model, data, tmp_path / "adapter", make_trainer, lr=5e-3, seed=1, epochs=3)
+    assert metrics["steps"] == 9 and metrics["epochs"] == 3 and metrics["best_val_loss"] < before - 0.5
     saved = sorted(p.name for p in (tmp_path / "adapter").iterdir())
     assert "adapter_model.safetensors" in saved and "model.safetensors" not in saved
     assert (tmp_path / "adapter" / "adapter_model.safetensors").stat().st_size < 200_000  # no frozen base
@@ -79,12 +79,12 @@ def test_the_best_epochs_adapter_is_reloaded_not_the_last_epochs(tiny_spec, tmp_
     model = add_lora(bundle.model, r=8, alpha=32, dropout=0.0, target_modules=["q_proj", "v_proj"])
 
     def make_trainer(stage, callbacks, **kwargs):
-        return instantiate({"_target_": "lightning.pytorch.Trainer", "accelerator": "cpu", "max_epochs": 2,
+        return instantiate({"_target_": "lightning.pytorch.Trainer", "accelerator": "cpu",
                             "logger": False, "enable_checkpointing": False, "enable_progress_bar": False,
                             "enable_model_summary": False, "num_sanity_val_steps": 0},
                            callbacks=[HarderLastValidation(data.valid, harder), *callbacks], **kwargs)
 
-    metrics = fit_adapter(model, data, tmp_path / "adapter", make_trainer, lr=5e-3, seed=1)
+    metrics = fit_adapter(model, data, tmp_path / "adapter", make_trainer, lr=5e-3, seed=1, epochs=2)
     assert metrics["best_epoch"] == 0 and metrics["steps"] == 6  # two epochs ran; the first is kept
     probe = collate([encode(bundle, examples[0], 64)], bundle.tokenizer.pad_token_id)
     with torch.no_grad():

@@ -69,3 +69,26 @@ def test_examples_from_a_real_touche_row(shared_data):
     stage1, stage2, _ = build_examples(first, extreme("power"), threshold=3, seed=42)
     assert stage1[0].response.startswith('I would not say: "I agree with this')
     assert stage2[0].response == "1. Security is not important at all to me."
+
+
+def test_vim_on_real_data_voices_exactly_the_arguments_power_alone_labels(shared_data):
+    """Stage-1 counts on the real training split, against a count made here from the study's own split file."""
+    import pandas as pd
+    from hydra import compose, initialize_config_dir
+    from hydra.utils import instantiate
+
+    from conftest import ROOT
+    from valharm.values import VALUES
+
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose("train", overrides=[f"dataset.path={shared_data / 'valueEval_10.csv'}", "value=power"])
+    splits = instantiate(cfg.dataset)
+    stage1, stage2, skipped = build_examples(splits["train"], instantiate(cfg.value), threshold=3, seed=42)
+    voiced = sum(e.prompt.startswith("What would you say") for e in stage1)
+    never = sum(e.prompt.startswith("What would you never say") for e in stage1)
+
+    study = pd.read_csv(shared_data / "touche_split_train.csv", sep="\t")[list(VALUES)]
+    labels = study.sum(axis=1)
+    power_only = int(((study["Power"] == 1) & (labels == 1)).sum())  # min over labels is 6 only then
+    assert (voiced, never, skipped) == (power_only, int((labels > 0).sum()) - power_only, int((labels == 0).sum()))
+    assert voiced > 0 and len(stage2) == len(stage1) and voiced + never + skipped == 5899

@@ -36,6 +36,15 @@ class GenerationRequest:
         return self.max_new_tokens, self.temperature, self.top_p, self.num_samples
 
 
+@dataclass(frozen=True)
+class LoglikelihoodRequest:
+    """One prompt and answers to score: the log-probability of each answer following the prompt."""
+
+    id: str
+    prompt: str
+    continuations: tuple[str, ...]
+
+
 def nucleus(logits: torch.Tensor, temperature: float, top_p: float,
             candidates: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(token ids, weights) of the top-p nucleus of each row of `logits` at `temperature`.
@@ -175,6 +184,57 @@ class HFGenerator:
                 bar.update(len(batch))
         bar.close()
         return [outputs[i] for i in range(len(requests))]
+
+    def run(self, model, tokenizer, requests: list, desc: str = "generate") -> list:
+        """Texts for GenerationRequests, log-probabilities for LoglikelihoodRequests (one kind per call)."""
+        if requests and isinstance(requests[0], LoglikelihoodRequest):
+            return self.loglikelihood(model, tokenizer, requests, desc)
+        return self.generate(model, tokenizer, requests, desc)
+
+    @torch.inference_mode()
+    def loglikelihood(self, model, tokenizer, requests: list[LoglikelihoodRequest],
+                      desc: str = "loglikelihood") -> list[list[float]]:
+        """For every request, the summed log-probability of each continuation's tokens after the prompt."""
+        model.eval().to(self.device)
+        self.new_tokens = 0
+        prompts = encode_prompts(tokenizer, [r.prompt for r in requests])
+        order = sorted(range(len(requests)), key=lambda i: -len(prompts[i]))
+        scores: dict[int, list[float]] = {}
+        bar = tqdm(total=len(requests), desc=desc, disable=not self.progress, unit="prompt")
+        per_batch = max(1, self.batch_size // max(len(r.continuations) for r in requests)) if requests else 1
+        for start in range(0, len(order), per_batch):
+            batch = order[start:start + per_batch]
+            for i, row in zip(batch, self._score_batch(model, tokenizer, [prompts[i] for i in batch],
+                                                       [requests[i].continuations for i in batch])):
+                scores[i] = row
+            bar.update(len(batch))
+        bar.close()
+        return [scores[i] for i in range(len(requests))]
+
+    def _score_batch(self, model, tokenizer, rows, continuations) -> list[list[float]]:
+        """Prefill each prompt once, then run all of its continuations (teacher-forced) from that cache."""
+        answers = [tokenizer(list(c), add_special_tokens=False)["input_ids"] for c in continuations]
+        count = len(answers[0])
+        if any(len(a) != count for a in answers) or any(not ids for a in answers for ids in a):
+            raise ValueError("every request needs the same number of non-empty continuations")
+        width = max(len(ids) for a in answers for ids in a)
+        cache = new_cache(model, max(map(len, rows)) + width, self.preallocate)
+        logits, mask = self._prefill(model, rows, cache)
+        first = logits.float().log_softmax(-1).repeat_interleave(count, 0)  # [rows x continuations, vocab]
+        flat = [ids for a in answers for ids in a]
+        tokens = torch.tensor([ids + [0] * (width - len(ids)) for ids in flat], device=self.device)
+        totals = first.gather(-1, tokens[:, :1]).squeeze(-1)
+        if width > 1:  # the rest of each continuation, every row from its prompt's cache
+            cache.batch_repeat_interleave(count)
+            mask = mask.repeat_interleave(count, 0)
+            position = mask.sum(-1, keepdim=True) + torch.arange(width - 1, device=self.device)
+            mask = torch.cat([mask, mask.new_ones(len(mask), width - 1)], 1)
+            later = model(input_ids=tokens[:, :-1], attention_mask=mask, position_ids=position, cache=cache,
+                          use_cache=True).logits.float().log_softmax(-1)
+            picked = later.gather(-1, tokens[:, 1:, None]).squeeze(-1)
+            real = torch.tensor([[t < len(ids) for t in range(1, width)] for ids in flat], device=self.device)
+            totals = totals + (picked * real).sum(-1)
+        return totals.view(len(rows), count).tolist()
 
     def _prefill(self, model, rows: list[list[int]], cache: Cache) -> tuple[torch.Tensor, torch.Tensor]:
         """Run the prompts into `cache`; return the next-token logits and the attention mask.

@@ -119,7 +119,7 @@ def evaluate(bundle, alignment: Alignment, parts: dict, run_dir: Path) -> tuple[
     for name, benchmark in parts["benchmarks"].items():
         requests = benchmark.requests(bundle, parts["strategy"], alignment.system_prompt)
         start = time.perf_counter()
-        outputs = generator.generate(alignment.model, bundle.tokenizer, requests, desc=name)
+        outputs = generator.run(alignment.model, bundle.tokenizer, requests, desc=name)
         seconds = time.perf_counter() - start
         timing[name] = {"generation_s": round(seconds, 3), "new_tokens": generator.new_tokens,
                         "tokens_per_s": round(generator.new_tokens / seconds, 1)}
@@ -136,11 +136,13 @@ def results_record(cfg: DictConfig, parts: dict, aligner_name: str, alignment: A
     return {
         "value": parts["value"].to_record(),
         "aligner": aligner_name,
+        "model_type": alignment.model_type or aligner_name,
         "model": parts["model"].name,
         "prompt_strategy": parts["strategy"].name,
         "scorer": parts["scorer"].record() if parts["scorer"] else None,
         "generator": parts["generator"].name,
         "adapter_dir": str(alignment.adapter_dir) if alignment.adapter_dir else None,
+        "system_prompt": alignment.system_prompt,
         "training": alignment.metrics,
         "metrics": metrics,
         "benchmarks": info,
@@ -188,18 +190,14 @@ def run_job(cfg: DictConfig, job_type: str, align) -> dict | None:
     return results
 
 
-def dataset_record(dataset: DictConfig, size: int) -> dict:
-    from valharm.data.touche import SAMPLE_PATH
-
-    given = dataset.hub_id or dataset.path or (dict(dataset.splits) if dataset.splits else None)
-    return {"source": str(given or SAMPLE_PATH), "arguments": size, "shipped_sample": not given}
-
-
 def train(cfg: DictConfig) -> dict | None:
-    """Align the base model to the value distribution, then evaluate it."""
-    arguments = instantiate(cfg.dataset)
+    """Align the base model to the value distribution, then evaluate it.
+
+    Aligners that train get the dataset and Lightning Trainers; the others (vanilla, icl) get neither.
+    """
     aligner = instantiate(cfg.aligner)
-    make_trainer = instantiate(cfg.trainer, _partial_=True)
+    data = instantiate(cfg.dataset) if aligner.trains else None
+    make_trainer = instantiate(cfg.trainer, _partial_=True) if aligner.trains else None
     for name in ("lightning", "lightning.pytorch", "lightning.fabric"):  # imported by now
         logging.getLogger(name).handlers.clear()  # log once, through Hydra's handlers
 
@@ -208,10 +206,13 @@ def train(cfg: DictConfig) -> dict | None:
             return make_trainer(logger=tracker.lightning_logger(stage), precision=parts["precision"]["training"].lightning,
                                 **kwargs)
 
-        alignment = aligner.align(bundle, parts["value"], arguments, run_dir, trainer_for)
-        alignment.metrics["dataset"] = dataset_record(cfg.dataset, sum(map(len, arguments.values())))
-        OmegaConf.save({"aligner": aligner.name, "model": cfg.model, "value": cfg.value},
-                       alignment.adapter_dir / ADAPTER_ORIGIN, resolve=True)
+        alignment = aligner.align(bundle, parts["value"], data, run_dir, trainer_for if aligner.trains else None)
+        alignment.model_type = alignment.model_type or aligner.name
+        if data is not None:
+            alignment.metrics["dataset"] = data.record()
+        if alignment.adapter_dir:
+            OmegaConf.save({"aligner": aligner.name, "model_type": alignment.model_type, "model": cfg.model,
+                            "value": cfg.value}, alignment.adapter_dir / ADAPTER_ORIGIN, resolve=True)
         return aligner.name, alignment
 
     return run_job(cfg, "train", align)
@@ -236,6 +237,7 @@ def evaluate_only(cfg: DictConfig) -> dict | None:
         origin = adapter_dir / ADAPTER_ORIGIN
         trained = OmegaConf.load(origin) if origin.is_file() else None
         aligner_name = trained.aligner if trained else "adapter"
+        model_type = trained.get("model_type", aligner_name) if trained else aligner_name
         for key in ("model", "value"):
             if trained and not given_on_command_line(key):
                 cfg[key] = trained[key]
@@ -246,6 +248,7 @@ def evaluate_only(cfg: DictConfig) -> dict | None:
     def align(parts, bundle, run_dir, tracker):
         if adapter_dir is None:
             return aligner_name, Alignment(model=bundle.model)
-        return aligner_name, Alignment(model=load_adapter(bundle.model, adapter_dir), adapter_dir=adapter_dir)
+        return aligner_name, Alignment(model=load_adapter(bundle.model, adapter_dir), adapter_dir=adapter_dir,
+                                       model_type=model_type)
 
     return run_job(cfg, "eval", align)

@@ -147,15 +147,16 @@ class BestAdapterCheckpoint(L.Callback):
 
 
 def fit_adapter(peft_model, data: SupervisedDataModule, out_dir: Path, make_trainer: Callable[..., L.Trainer],
-                lr: float, seed: int, stage: str = "train") -> dict:
+                lr: float, seed: int, stage: str = "train", epochs: int = 1, accumulate: int = 1) -> dict:
     """Train one stage; reload the best adapter into `peft_model` and return the stage's metrics.
 
-    `make_trainer(stage=..., callbacks=..., default_root_dir=...)` builds the Lightning Trainer
-    (the `trainer` config plus the run's logger).
+    `make_trainer(stage=..., callbacks=..., default_root_dir=..., max_epochs=..., accumulate_grad_batches=...)`
+    builds the Lightning Trainer (the `trainer` config plus the run's logger).
     """
     L.seed_everything(seed, workers=True, verbose=False)
     checkpoint = BestAdapterCheckpoint(out_dir)
-    trainer = make_trainer(stage=stage, callbacks=[checkpoint], default_root_dir=str(out_dir))
+    trainer = make_trainer(stage=stage, callbacks=[checkpoint], default_root_dir=str(out_dir), max_epochs=epochs,
+                           accumulate_grad_batches=accumulate)
     module = LoRACausalLM(peft_model, lr=lr)
     peft_model.train()
     start = time.perf_counter()
@@ -169,7 +170,8 @@ def fit_adapter(peft_model, data: SupervisedDataModule, out_dir: Path, make_trai
     return {"best_val_loss": checkpoint.best, "best_epoch": checkpoint.best_epoch,
             "train_examples": len(data.train), "valid_examples": len(data.valid), "dropped_examples": data.dropped,
             "truncated_examples": data.truncated,
-            "steps": trainer.global_step, "precision": str(trainer.precision), "seconds": round(seconds, 1)}
+            "steps": trainer.global_step, "epochs": trainer.current_epoch, "batch_size": data.batch_size,
+            "accumulate_grad_batches": accumulate, "precision": str(trainer.precision), "seconds": round(seconds, 1)}
 
 
 def reload_adapter(peft_model, adapter_dir: Path) -> None:

@@ -30,6 +30,19 @@ GROUPS = {
     "Conservation": ("Conformity", "Security", "Tradition"),
     "Self-Transcendence": ("Benevolence", "Universalism"),
 }
+# One line per value, for prompts that describe a persona (valharm's wording of Schwartz's definitions).
+DEFINITIONS = {
+    "Achievement": "succeeding personally by showing competence that others recognise",
+    "Benevolence": "caring for the wellbeing of the people one is close to",
+    "Conformity": "holding back from actions that could upset others or break social expectations",
+    "Hedonism": "enjoying pleasure and the good things of life",
+    "Power": "having status, wealth and control over people and resources",
+    "Security": "safety and stability for oneself, one's relationships and society",
+    "Self-direction": "thinking and acting independently: choosing, creating, exploring",
+    "Stimulation": "excitement, novelty and challenge",
+    "Tradition": "respecting and keeping the customs and beliefs of one's culture or religion",
+    "Universalism": "understanding, tolerance and protection for all people and for nature",
+}
 CODINGS = ("importance", "paper")
 SCALE_MIN, SCALE_MAX = 1, 6
 # ESS 21-item scale: value -> item columns of ess.csv (codes 1 = very much like me ... 6 = not at all).
@@ -207,6 +220,20 @@ def realistic(anchor: str, rank: int = 1, ess_path=None, coding: str = "importan
     return ValueDistribution(name=f"{anchor}_ess{rank}", scores=tuple(float(s) for s in profiles.iloc[row]),
                              coding=coding, source="ess", anchor=anchor, rank=rank,
                              extra={"ess_row": row, "ess_path": str(ess_path or default_ess_path()), "k": k})
+
+
+def study(index: int, ess_path=None, coding: str = "importance", k: int = 10) -> ValueDistribution:
+    """The index-th of the study's distributions: 0-13 the extremes, then each extreme's k nearest ESS
+    respondents (14 + 14 k = 154 for k = 10). Hydra: value=study value.index=range(0,154)."""
+    anchors = list(EXTREMES)
+    total = len(anchors) * (k + 1)
+    if not 0 <= index < total:
+        raise ValharmError(f"value.index={index} is outside 0..{total - 1} ({len(anchors)} extremes + "
+                           f"{len(anchors)} x {k} ESS neighbours)")
+    if index < len(anchors):
+        return extreme(anchors[index])
+    anchor, rank = divmod(index - len(anchors), k)
+    return realistic(anchors[anchor], rank + 1, ess_path, coding, k)
 
 
 # --- PVQ scoring ------------------------------------------------------------------------------

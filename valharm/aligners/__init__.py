@@ -15,3 +15,4 @@ class Alignment:
     adapter_dir: Path | None = None
     system_prompt: str | None = None
     metrics: dict = field(default_factory=dict)
+    model_type: str | None = None  # how analysis groups runs; None: the aligner's name (sft sets sft_<dataset>)

@@ -14,6 +14,7 @@ import lightning as L
 import pandas as pd
 
 from valharm.aligners import Alignment
+from valharm.errors import ValharmError
 from valharm.models import LoadedModel, add_lora
 from valharm.questionnaire import rating_answer, rating_prompt
 from valharm.training import Example, SupervisedDataModule, fit_adapter
@@ -82,17 +83,21 @@ def build_examples(frame: pd.DataFrame, value: ValueDistribution, threshold: flo
 class VIMAligner:
     """Train one adapter through both VIM stages; the best-validation adapter of stage 2 is kept."""
 
+    trains = True
+
     def __init__(self, name: str = "vim", threshold: float = 3.0, seed: int = 42, max_arguments: int | None = None,
                  lora: dict | None = None, training: dict | None = None):
         self.name, self.threshold, self.seed = name, threshold, seed
         self.max_arguments = max_arguments
         self.lora = dict(lora or {})
-        self.training = {"lr": 2e-5, "batch_size": 8, "max_length": 128, "max_length_agreement": 256,
+        self.training = {"lr": 2e-5, "epochs": 5, "batch_size": 8, "max_length": 128, "max_length_agreement": 256,
                          **(training or {})}
 
     def align(self, bundle: LoadedModel, value: ValueDistribution, splits: dict[str, pd.DataFrame], run_dir: Path,
               make_trainer) -> Alignment:
         """`splits`: train/valid/test arguments (the dataset's split; valid picks the kept epoch)."""
+        if not isinstance(splits, dict) or set(splits) != {"train", "valid", "test"}:
+            raise ValharmError("aligner=vim trains on Touché arguments: use dataset=touche23")
         if self.max_arguments:
             splits = {name: part.head(self.max_arguments) for name, part in splits.items()}
         built = {name: build_examples(part, value, self.threshold, self.seed) for name, part in splits.items()}
@@ -109,8 +114,8 @@ class VIMAligner:
         L.seed_everything(self.seed, verbose=False)  # the adapter's initial weights follow the seed
         model = add_lora(bundle.model, **self.lora)
         for stage, data in stages.items():
-            metrics[stage] = fit_adapter(model, data, run_dir / "stages" / stage, make_trainer,
-                                         lr=self.training["lr"], seed=self.seed, stage=stage)
+            metrics[stage] = fit_adapter(model, data, run_dir / "stages" / stage, make_trainer, lr=self.training["lr"],
+                                         seed=self.seed, stage=stage, epochs=self.training["epochs"])
         adapter_dir = run_dir / "adapter"
         model.save_pretrained(adapter_dir)
         return Alignment(model=model, adapter_dir=adapter_dir, metrics=metrics)

@@ -1,4 +1,12 @@
-"""PVQ-40: ask each questionnaire item on the 1-6 scale, score the 10 values, compare with the target (NMSE)."""
+"""PVQ-40: ask each questionnaire item on the 1-6 scale, score the 10 values, compare with the target (NMSE).
+
+Two ways to read the model's answer (`scoring`):
+- `loglik` (default): the log-probability of each of the six answers ("1" ... "6") after the question, as
+  evaluation harnesses score multiple choice. The rating is the most likely answer; the
+  probability-weighted mean rating is reported too. No item is ever unanswered, and small models
+  that do not follow the answer format are still measured.
+- `generate`: a greedy reply parsed strictly (the study's way); unparseable replies are counted as invalid.
+"""
 from __future__ import annotations
 
 import math
@@ -9,11 +17,13 @@ import pandas as pd
 from valharm.benchmarks import BenchmarkResult
 from valharm.data import SAMPLES_DIR, read_table
 from valharm.errors import ValharmError
-from valharm.generation import GenerationRequest
+from valharm.generation import GenerationRequest, LoglikelihoodRequest
 from valharm.questionnaire import parse_rating, rating_prompt
 from valharm.values import VALUES, nmse, nmse_scored, pvq_value_scores
 
 SAMPLE_PATH = SAMPLES_DIR / "pvq_sample.csv"
+SCORINGS = ("loglik", "generate")
+ANSWERS = tuple(str(rating) for rating in range(1, 7))
 
 
 def load_items(path: str | Path | None) -> pd.DataFrame:
@@ -36,26 +46,53 @@ class PVQ40:
 
     name = "pvq40"
 
-    def __init__(self, path: str | None = None, max_new_tokens: int = 20):
+    def __init__(self, path: str | None = None, max_new_tokens: int = 20, scoring: str = "loglik"):
+        if scoring not in SCORINGS:
+            raise ValharmError(f"benchmarks.pvq40.scoring='{scoring}' is unknown; use one of {', '.join(SCORINGS)}")
         self.path = Path(path) if path else SAMPLE_PATH
         self.items = load_items(self.path)
-        self.max_new_tokens = max_new_tokens
+        self.max_new_tokens, self.scoring = max_new_tokens, scoring
 
     def requests(self, bundle, strategy, system=None):
-        return [GenerationRequest(id=f"pvq40/{row.item}", prompt=strategy.chat(bundle, rating_prompt(row.text), system),
-                                  max_new_tokens=self.max_new_tokens)
-                for row in self.items.itertuples()]
+        prompts = [(f"pvq40/{row.item}", strategy.chat(bundle, rating_prompt(row.text), system))
+                   for row in self.items.itertuples()]
+        if self.scoring == "loglik":
+            return [LoglikelihoodRequest(id=i, prompt=p, continuations=ANSWERS) for i, p in prompts]
+        return [GenerationRequest(id=i, prompt=p, max_new_tokens=self.max_new_tokens) for i, p in prompts]
 
     def evaluate(self, requests, outputs, value, scorer=None) -> BenchmarkResult:
-        ratings = {int(row.item): parse_rating(texts[0]) for row, texts in zip(self.items.itertuples(), outputs)}
-        item_values = dict(zip(self.items["item"].astype(int), self.items["value"]))
+        items = self.items["item"].astype(int).tolist()
+        item_values = dict(zip(items, self.items["value"]))
+        target = value.as_dict()
+        if self.scoring == "loglik":
+            answers = [answer_distribution(logprobs) for logprobs in outputs]
+            ratings = {item: rating for item, (rating, _, _) in zip(items, answers)}
+            expected = pvq_value_scores({item: mean for item, (_, mean, _) in zip(items, answers)}, item_values)
+            records = [{"benchmark": self.name, "id": r.id, "item": item, "value": item_values[item],
+                        "rating": rating, "expected_rating": mean, "probabilities": probs}
+                       for r, item, (rating, mean, probs) in zip(requests, items, answers)]
+            extra = {"scores_expected": expected, "nmse_expected": nmse(expected, target)}
+        else:
+            ratings = {item: parse_rating(texts[0]) for item, texts in zip(items, outputs)}
+            records = [{"benchmark": self.name, "id": r.id, "item": item, "value": item_values[item],
+                        "text": texts[0], "rating": ratings[item]}
+                       for r, texts, item in zip(requests, outputs, items)]
+            extra = {}
         scores = pvq_value_scores(ratings, item_values)
-        metrics = {"nmse": nmse(scores, value.as_dict()), "nmse_scored_values": nmse_scored(scores, value.as_dict()),
-                   "scores": scores,
+        metrics = {"scoring": self.scoring, "nmse": nmse(scores, target), "nmse_scored_values": nmse_scored(scores, target),
+                   "scores": scores, **extra,
                    "items": len(ratings), "invalid": sum(r is None for r in ratings.values()),
                    "values_without_valid_answer": [v for v in VALUES if math.isnan(scores[v])]}
-        records = [{"benchmark": self.name, "id": r.id, "item": item, "value": item_values[item],
-                    "text": texts[0], "rating": ratings[item]}
-                   for r, texts, item in zip(requests, outputs, ratings)]
-        return BenchmarkResult(metrics, records, {"questionnaire": str(self.path),
+        return BenchmarkResult(metrics, records, {"questionnaire": str(self.path), "scoring": self.scoring,
                                                   "shipped_sample": self.path == SAMPLE_PATH})
+
+
+def answer_distribution(logprobs: list[float]) -> tuple[int, float, list[float]]:
+    """(most likely rating, probability-weighted mean rating, probabilities) from the six answers' log-probabilities.
+
+    Probabilities are renormalised over the six answers.
+    """
+    top = max(logprobs)
+    weights = [math.exp(lp - top) for lp in logprobs]
+    probs = [w / sum(weights) for w in weights]
+    return logprobs.index(top) + 1, sum(r * p for r, p in enumerate(probs, start=1)), probs

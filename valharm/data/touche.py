@@ -65,6 +65,17 @@ def map_level2(frame: pd.DataFrame, level2_map: dict[str, list[str]], where: str
 SPLITS = ("train", "valid", "test")
 
 
+class ArgumentSplits(dict):
+    """{'train', 'valid', 'test'} -> arguments, and where they came from."""
+
+    def __init__(self, parts: dict[str, pd.DataFrame], source: str, shipped_sample: bool):
+        super().__init__(parts)
+        self.source, self.shipped_sample = source, shipped_sample
+
+    def record(self) -> dict:
+        return {"source": self.source, "arguments": sum(map(len, self.values())), "shipped_sample": self.shipped_sample}
+
+
 def split_arguments(frame: pd.DataFrame, seed: int = 42, train_fraction: float = 0.8,
                     valid_fraction: float = 0.5) -> dict[str, pd.DataFrame]:
     """The study's split: train = a seeded sample of `train_fraction`, valid = a seeded sample of
@@ -82,14 +93,18 @@ def split_arguments(frame: pd.DataFrame, seed: int = 42, train_fraction: float =
 
 def load_splits(path: str | None = None, hub_id: str | None = None, split: str = "train",
                 level2_map: dict[str, list[str]] | None = None, splits: dict[str, str] | None = None,
-                seed: int = 42, train_fraction: float = 0.8, valid_fraction: float = 0.5) -> dict[str, pd.DataFrame]:
+                seed: int = 42, train_fraction: float = 0.8, valid_fraction: float = 0.5) -> ArgumentSplits:
     """Train/valid/test arguments: pre-split files or hub splits (`splits`: train/valid/test -> path or
     hub split name), else one file (or hub split) cut as the study did."""
+    source = hub_id or path or (str(dict(splits)) if splits else str(SAMPLE_PATH))
+    shipped = not (hub_id or path or splits)
     if splits:
         missing = [name for name in SPLITS if name not in splits]
         if missing:
             raise ValharmError(f"dataset.splits lacks {', '.join(missing)}; give a file (or hub split) for each "
                                f"of {', '.join(SPLITS)}")
-        return {name: load_arguments(None if hub_id else splits[name], hub_id, splits[name], level2_map)
-                for name in SPLITS}
-    return split_arguments(load_arguments(path, hub_id, split, level2_map), seed, train_fraction, valid_fraction)
+        parts = {name: load_arguments(None if hub_id else splits[name], hub_id, splits[name], level2_map)
+                 for name in SPLITS}
+    else:
+        parts = split_arguments(load_arguments(path, hub_id, split, level2_map), seed, train_fraction, valid_fraction)
+    return ArgumentSplits(parts, str(source), shipped)
