@@ -184,3 +184,14 @@ def test_vim_trains_on_real_arguments(shared_data, tmp_path):
     assert results["training"]["dataset"] == {"source": str(shared_data / "valueEval_10.csv"), "arguments": 7374,
                                               "shipped_sample": False}
     assert results["training"]["arguments"] == {"train": 16, "valid": 16, "test": 16}
+
+
+@pytest.mark.slow
+def test_an_adapter_trained_for_an_ess_distribution_records_its_resolved_origin(tmp_path):
+    out = run_cli("valharm.train", *FAST, "value=study", "value.index=20", "value.ess_path=${paths.samples_dir}/ess_synthetic.csv",
+                  "logger=none", f"hydra.run.dir={tmp_path}/run", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    origin = (tmp_path / "run" / "adapter" / "valharm.yaml").read_text()
+    assert "ess_synthetic.csv" in origin and "${" not in origin
+    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert results["value"]["name"] == "achievement_ess7" and results["value"]["source"] == "ess"

@@ -210,9 +210,10 @@ def train(cfg: DictConfig) -> dict | None:
         alignment.model_type = alignment.model_type or aligner.name
         if data is not None:
             alignment.metrics["dataset"] = data.record()
-        if alignment.adapter_dir:
-            OmegaConf.save({"aligner": aligner.name, "model_type": alignment.model_type, "model": cfg.model,
-                            "value": cfg.value}, alignment.adapter_dir / ADAPTER_ORIGIN, resolve=True)
+        if alignment.adapter_dir:  # resolved against the whole config: value configs point into paths.*
+            origin = {"aligner": aligner.name, "model_type": alignment.model_type,
+                      **{key: OmegaConf.to_container(cfg[key], resolve=True) for key in ("model", "value")}}
+            OmegaConf.save(origin, alignment.adapter_dir / ADAPTER_ORIGIN)
         return aligner.name, alignment
 
     return run_job(cfg, "train", align)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable, Protocol
 
 import torch
 
@@ -16,3 +17,12 @@ class Alignment:
     system_prompt: str | None = None
     metrics: dict = field(default_factory=dict)
     model_type: str | None = None  # how analysis groups runs; None: the aligner's name (sft sets sft_<dataset>)
+
+
+class Aligner(Protocol):
+    """What every `aligner=` option provides (vim, vanilla, icl, sft)."""
+
+    name: str
+    trains: bool  # True: it gets the `dataset` and a Lightning Trainer factory; False: neither is built
+
+    def align(self, bundle, value, data, run_dir: Path, make_trainer: Callable | None) -> Alignment: ...
