@@ -38,7 +38,9 @@ def test_multirun_writes_one_run_dir_per_value(sweep):
         assert {path: p["precision"] for path, p in r["precision"].items()} == {"training": "fp32", "generation": "fp32"}
         assert r["training"]["argument_generation"]["precision"] == "32-true"
         assert r["hardware"]["cpu_capability"] and r["hardware"]["torch_threads"] >= 1
-        assert r["timing"]["rtp"]["new_tokens"] > 0 and r["timing"]["pvq40"]["tokens_per_s"] > 0
+        assert r["timing"]["rtp"]["new_tokens"] > 0 and r["timing"]["rtp"]["tokens_per_s"] > 0
+        assert r["timing"]["pvq40"]["requests"] == 10 and r["timing"]["pvq40"]["requests_per_s"] > 0
+        assert "new_tokens" not in r["timing"]["pvq40"]  # loglik scoring generates nothing
         assert r["benchmarks"]["pvq40"]["shipped_sample"]
         assert set(r["metrics"]["pvq40"]["scores"]) == set(r["value"]["scores"])
         pvq = [json.loads(line) for line in (d / "generations.jsonl").read_text().splitlines()
@@ -80,9 +82,11 @@ def test_rerun_skips_finished_jobs(sweep):
     assert (first / "results.json").read_text() == before
 
 
-def pvq_texts(run_dir: Path) -> list[str]:
+def pvq_answers(run_dir: Path) -> list[list[float]]:
+    """The six answers' probabilities for every PVQ-40 item (loglik scoring, the default)."""
     lines = (run_dir / "generations.jsonl").read_text().splitlines()
-    return [json.loads(line)["text"] for line in lines if json.loads(line)["benchmark"] == "pvq40"]
+    return [[round(p, 5) for p in json.loads(line)["probabilities"]] for line in lines
+            if json.loads(line)["benchmark"] == "pvq40"]
 
 
 @pytest.mark.slow
@@ -94,12 +98,12 @@ def test_evaluate_an_adapter_dir_alone(sweep, tmp_path):
     assert out.returncode == 0, out.stderr[-3000:]
     results = json.loads((tmp_path / "eval" / "results.json").read_text())
     assert results["value"]["name"] == "hedonism" and results["model"] == "tiny" and results["aligner"] == "vim"
-    # Greedy answers: the same adapter gives the same texts, the base model without it does not.
-    assert pvq_texts(tmp_path / "eval") == pvq_texts(trained_dir)
+    # The same adapter gives the same answer probabilities, the base model without it does not.
+    assert pvq_answers(tmp_path / "eval") == pvq_answers(trained_dir)
     out = run_cli("valharm.evaluate", "model=tiny", *common, f"hydra.run.dir={tmp_path}/vanilla", cwd=tmp_path)
     assert out.returncode == 0, out.stderr[-3000:]
     assert json.loads((tmp_path / "vanilla" / "results.json").read_text())["aligner"] == "vanilla"
-    assert pvq_texts(tmp_path / "vanilla") != pvq_texts(trained_dir)
+    assert pvq_answers(tmp_path / "vanilla") != pvq_answers(trained_dir)
 
 
 @pytest.mark.slow

@@ -18,6 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from valharm.aligners import Alignment
 from valharm.errors import ValharmError
+from valharm.generation import GenerationRequest
 from valharm.precision import Precision, choose, hardware
 from valharm.tracking import flatten
 
@@ -121,8 +122,10 @@ def evaluate(bundle, alignment: Alignment, parts: dict, run_dir: Path) -> tuple[
         start = time.perf_counter()
         outputs = generator.run(alignment.model, bundle.tokenizer, requests, desc=name)
         seconds = time.perf_counter() - start
-        timing[name] = {"generation_s": round(seconds, 3), "new_tokens": generator.new_tokens,
-                        "tokens_per_s": round(generator.new_tokens / seconds, 1)}
+        timing[name] = {"generation_s": round(seconds, 3), "requests": len(requests),
+                        "requests_per_s": round(len(requests) / seconds, 2)}
+        if requests and isinstance(requests[0], GenerationRequest):  # loglik scoring generates nothing
+            timing[name] |= {"new_tokens": generator.new_tokens, "tokens_per_s": round(generator.new_tokens / seconds, 1)}
         result = benchmark.evaluate(requests, outputs, parts["value"], parts["scorer"])
         metrics[name], info[name] = result.metrics, result.info
         records.extend(result.records)
