@@ -21,6 +21,19 @@ def test_score_is_the_minimum_over_labelled_values():
     assert argument_score(row(), scores) is None
 
 
+def test_mean_score_rule_gives_multi_labelled_arguments_of_an_extreme_a_middle_score():
+    scores = extreme("power").as_dict()
+    assert argument_score(row(Power=1, Universalism=1), scores, "mean") == 3.5
+    assert argument_score(row(Power=1, Universalism=1, Security=1), scores, "mean") == pytest.approx(8 / 3)
+    frame = pd.DataFrame([row(Power=1, Universalism=1), row(Universalism=1)])
+    stage1, stage2, _ = build_examples(frame, extreme("power"), threshold=3, seed=42, score_rule="mean")
+    assert [e.response.startswith("I would say") for e in stage1] == [True, False]
+    assert stage2[0].response in ("3. Power is a little important to me.", "4. Power is somewhat important to me.")
+    assert stage2[1].response == "1. Universalism is not important at all to me."
+    stage1, _, _ = build_examples(frame, extreme("power"), threshold=3, seed=42)
+    assert [e.response.startswith("I would say") for e in stage1] == [False, False]
+
+
 def test_stage1_positive_and_negative_follow_score_and_stance():
     positive = argument_example(row("in favor of", Universalism=1), 6, threshold=3)
     assert positive.prompt.startswith("What would you say") and "We should ban zoos" in positive.prompt
@@ -33,10 +46,10 @@ def test_stage1_positive_and_negative_follow_score_and_stance():
 
 def test_stage2_rates_by_the_lowest_labelled_value_read_by_column():
     scores = custom(vector=[6, 2, 1, 1, 1, 1, 1, 1, 1, 4]).as_dict()   # Achievement 6, Benevolence 2, Universalism 4
-    example = agreement_example(row("against", Achievement=1, Universalism=1), scores, random.Random(0))
+    example = agreement_example(row("against", Achievement=1, Universalism=1), 4, scores, random.Random(0))
     assert "I disagree that we should ban zoos. wild animals belong in nature" in example.prompt
     assert example.response == "4. Universalism is somewhat important to me."
-    example = agreement_example(row("in favor of", Achievement=1), scores, random.Random(0))
+    example = agreement_example(row("in favor of", Achievement=1), 6, scores, random.Random(0))
     assert example.response == "6. Achievement is very important to me."
 
 

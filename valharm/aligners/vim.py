@@ -2,7 +2,8 @@
 
 Stage 1 teaches which Touché arguments the persona would voice; stage 2 teaches the persona to rate
 statements on the 1-6 "like me" scale as its value scores imply. Labels are read by column name.
-Both stages score an argument by the lowest target score among its labelled values.
+Both stages score an argument from the target scores of its labelled values: the lowest (the study's
+rule) or their mean (`score_rule=mean`, for extreme distributions, where the lowest is nearly always 1).
 """
 from __future__ import annotations
 
@@ -27,10 +28,13 @@ def labelled_values(row: pd.Series) -> list[str]:
     return [v for v in VALUES if int(row[v]) == 1]
 
 
-def argument_score(row: pd.Series, scores: dict[str, float]) -> float | None:
-    """Target score of an argument: the lowest score among the values it is labelled with."""
+SCORE_RULES = {"min": min, "mean": lambda xs: sum(xs) / len(xs)}
+
+
+def argument_score(row: pd.Series, scores: dict[str, float], rule: str = "min") -> float | None:
+    """Target score of an argument: the lowest (or mean) score among the values it is labelled with."""
     values = labelled_values(row)
-    return min(scores[v] for v in values) if values else None
+    return SCORE_RULES[rule]([scores[v] for v in values]) if values else None
 
 
 def argument_example(row: pd.Series, score: float, threshold: float) -> Example:
@@ -50,33 +54,33 @@ def sample_rating(score: float, rng: random.Random) -> int:
     return low if fraction == 0 else rng.choices([low, low + 1], weights=[1 - fraction, fraction])[0]
 
 
-def agreement_example(row: pd.Series, scores: dict[str, float], rng: random.Random) -> Example:
+def agreement_example(row: pd.Series, score: float, scores: dict[str, float], rng: random.Random) -> Example:
     """Stage 2: rate the argument's statement from the same target score as stage 1.
 
-    The answer names the labelled value with the lowest score (the one that sets the target), so an
-    argument never gets two contradictory ratings for one prompt.
+    The answer names the labelled value whose score is nearest the argument's (ties: the higher; under the
+    study's rule the lowest, which sets the target), so an argument never gets two contradictory ratings.
     """
-    value = min(labelled_values(row), key=lambda v: scores[v])
+    value = min(labelled_values(row), key=lambda v: (abs(scores[v] - score), -scores[v]))
     statement = f'I {STANCE_VERB[row["Stance"]]} that {lower_first(row["Conclusion"])}. {row["Premise"]}'
-    return Example(rating_prompt(statement), rating_answer(sample_rating(scores[value], rng), value))
+    return Example(rating_prompt(statement), rating_answer(sample_rating(score, rng), value))
 
 
 def lower_first(text: str) -> str:
     return text[:1].lower() + text[1:]
 
 
-def build_examples(frame: pd.DataFrame, value: ValueDistribution, threshold: float,
-                   seed: int) -> tuple[list[Example], list[Example], int]:
+def build_examples(frame: pd.DataFrame, value: ValueDistribution, threshold: float, seed: int,
+                   score_rule: str = "min") -> tuple[list[Example], list[Example], int]:
     """(stage-1 examples, stage-2 examples, number of unlabelled arguments skipped)."""
     scores, rng = value.as_dict(), random.Random(seed)
     stage1, stage2, skipped = [], [], 0
     for _, row in frame.iterrows():
-        score = argument_score(row, scores)
+        score = argument_score(row, scores, score_rule)
         if score is None:
             skipped += 1
             continue
         stage1.append(argument_example(row, score, threshold))
-        stage2.append(agreement_example(row, scores, rng))
+        stage2.append(agreement_example(row, score, scores, rng))
     return stage1, stage2, skipped
 
 
@@ -86,8 +90,10 @@ class VIMAligner:
     trains = True
 
     def __init__(self, name: str = "vim", threshold: float = 3.0, seed: int = 42, max_arguments: int | None = None,
-                 lora: dict | None = None, training: dict | None = None):
-        self.name, self.threshold, self.seed = name, threshold, seed
+                 lora: dict | None = None, training: dict | None = None, score_rule: str = "min"):
+        if score_rule not in SCORE_RULES:
+            raise ValharmError(f"aligner.score_rule='{score_rule}' is unknown; use one of {', '.join(SCORE_RULES)}")
+        self.name, self.threshold, self.seed, self.score_rule = name, threshold, seed, score_rule
         self.max_arguments = max_arguments
         self.lora = dict(lora or {})
         self.training = {"lr": 2e-5, "epochs": 5, "batch_size": 8, "max_length": 128, "max_length_agreement": 256,
@@ -100,7 +106,8 @@ class VIMAligner:
             raise ValharmError("aligner=vim trains on Touché arguments: use dataset=touche23")
         if self.max_arguments:
             splits = {name: part.head(self.max_arguments) for name, part in splits.items()}
-        built = {name: build_examples(part, value, self.threshold, self.seed) for name, part in splits.items()}
+        built = {name: build_examples(part, value, self.threshold, self.seed, self.score_rule)
+                 for name, part in splits.items()}
         metrics = {"arguments": {name: len(part) for name, part in splits.items()},
                    "unlabelled_arguments": sum(b[2] for b in built.values())}
         stages = {  # tokenise both stages up front so bad data fails before any training
