@@ -4,8 +4,10 @@
 
 For every run of an extreme distribution: its PVQ-40 profile (probability-weighted mean rating per
 value, from answer log-probabilities), NMSE to the target (most likely answers; probability-weighted
-means; strict generation with its invalid count), the vanilla model's NMSE to the same target, and the
-rank of the target value in the measured profile (1 = rated highest of the ten).
+means; strict generation with its invalid count), the vanilla model's NMSE to the same target, the
+rank of the target value in the measured profile (1 = rated highest of the ten) and its contrast: how
+far the target value's mean rating stands above the other nine's, minus the same for vanilla (> 0: the
+run moved towards the target, whatever it did to the overall level).
 """
 from __future__ import annotations
 
@@ -35,12 +37,19 @@ def target_rank(profile: dict, members: tuple[str, ...]) -> float:
     return sum(ranks[v] for v in members) / len(members)
 
 
+def contrast(profile: dict, members: tuple[str, ...]) -> float:
+    """Mean rating of the target's value(s) minus the mean of the other values."""
+    inside = [profile[v] for v in members]
+    outside = [profile[v] for v in profile if v not in members]
+    return sum(inside) / len(inside) - sum(outside) / len(outside)
+
+
 def table(runs: list[dict]) -> str:
     vanilla = next(r for r in runs if r["model_type"] == "vanilla")
     base = vanilla["metrics"]["pvq40"]["scores_expected"]
     lines = ["| run | target | " + " | ".join(SHORT[v] for v in VALUES)
-             + " | NMSE | NMSE exp. | NMSE gen. (invalid) | vanilla NMSE exp. | target rank |",
-             "|---" * (len(VALUES) + 7) + "|"]
+             + " | NMSE | NMSE exp. | NMSE gen. (invalid) | vanilla NMSE exp. | target rank | contrast vs vanilla |",
+             "|---" * (len(VALUES) + 8) + "|"]
     for run in sorted(runs, key=lambda r: (r["model_type"] != "vanilla", r["setting"], r["value"]["name"])):
         name = run["value"]["name"]
         pvq, generated = run["metrics"]["pvq40"], run["metrics"].get("pvq40_generate", {})
@@ -50,7 +59,8 @@ def table(runs: list[dict]) -> str:
         label = "vanilla" if run["model_type"] == "vanilla" else f"{run['setting']}"
         lines.append(f"| {label} | {name} | " + " | ".join(f"{profile[v]:.2f}" for v in VALUES)
                      + f" | {pvq['nmse']:.3f} | {pvq['nmse_expected']:.3f} | {gen} ({generated.get('invalid', '-')})"
-                     f" | {nmse(base, target):.3f} | {target_rank(profile, EXTREMES[name]):g} |")
+                     f" | {nmse(base, target):.3f} | {target_rank(profile, EXTREMES[name]):g}"
+                     f" | {contrast(profile, EXTREMES[name]) - contrast(base, EXTREMES[name]):+.3f} |")
     return "\n".join(lines)
 
 
