@@ -33,6 +33,8 @@ from valharm.questionnaire import SCALE, parse_rating, rating_answer, rating_pro
     ("1 = not like me at all, 6 = very much like me. My answer: 4", 4),
     ("Between 1 and 6, 4", 4),
     ("On a 6-point scale, I'd give 4", 4),
+    ("I would give 4 points.", 4),
+    ("5 points", 5),
     ("4 = somewhat like me", 4),                    # a single pair is an answer
 ])
 def test_first_valid_rating_is_parsed(text, rating):

@@ -220,10 +220,10 @@ class HFGenerator:
         width = max(len(ids) for a in answers for ids in a)
         cache = new_cache(model, max(map(len, rows)) + width, self.preallocate)
         logits, mask = self._prefill(model, rows, cache)
-        first = logits.float().log_softmax(-1).repeat_interleave(count, 0)  # [rows x continuations, vocab]
         flat = [ids for a in answers for ids in a]
         tokens = torch.tensor([ids + [0] * (width - len(ids)) for ids in flat], device=self.device)
-        totals = first.gather(-1, tokens[:, :1]).squeeze(-1)
+        first = logits.float().log_softmax(-1)  # [rows, vocab]: each row's `count` first tokens picked at once
+        totals = first.gather(-1, tokens[:, 0].view(len(rows), count)).view(-1)
         if width > 1:  # the rest of each continuation, every row from its prompt's cache
             cache.batch_repeat_interleave(count)
             mask = mask.repeat_interleave(count, 0)

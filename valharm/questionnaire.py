@@ -24,7 +24,7 @@ _LABELS = sorted(SCALE.items(), key=lambda item: -len(item[1]))  # longest first
 _RATING = re.compile(r"(?<![\w.])[1-6](?!\w|\.\d)")
 _LIST_ITEM = re.compile(r"^\s*[1-6]\s*[=.):]", re.MULTILINE)
 _SCALE_ECHO = re.compile(r"\b[1-6]\s*(?:-|–|to)\s*[1-6]\b|\bout of\s+\d+|/\s*6\b|\bbetween\s+[1-6]\s+and\s+[1-6]\b"
-                         r"|\b\d+\s*-?\s*points?\b")
+                         r"|\b\d+\s*-?\s*point\s+scale\b")
 # "4 = somewhat like me": one such pair may be the answer; two or more are the scale read back.
 _SCALE_PAIR = re.compile(r"\b[1-6]\s*[=:]\s*(?:" + "|".join(sorted(map(re.escape, SCALE.values()), key=len, reverse=True))
                          + r")")
