@@ -84,6 +84,22 @@ def test_local_files_in_other_formats_load(tmp_path, suffix):
     assert [e.response for e in load_instructions("samsum", path=str(path)).examples] == ["They greet.", "They part."]
 
 
+def test_limit_counts_usable_examples_and_hub_errors_are_one_clear_error(tmp_path, monkeypatch):
+    import datasets
+    import pandas as pd
+
+    path = tmp_path / "samsum.jsonl"
+    pd.DataFrame({"dialogue": ["A: ?", "A: hi", "A: bye"], "summary": ["", "They greet.", "They part."]}).to_json(
+        path, orient="records", lines=True)
+    assert [e.response for e in load_instructions("samsum", path=str(path), limit=1).examples] == ["They greet."]
+
+    def offline(*args, **kwargs):
+        raise ConnectionError("no network")
+    monkeypatch.setattr(datasets, "load_dataset", offline)
+    with pytest.raises(ValharmError, match="cannot load samsum dataset 'some/samsum'.*dataset.path"):
+        load_instructions("samsum", hub_id="some/samsum")
+
+
 def test_a_wrong_schema_names_the_missing_columns(tmp_path):
     path = tmp_path / "wrong.json"
     path.write_text(json.dumps([{"question": "q", "answer": "a"}]))

@@ -63,7 +63,11 @@ def read_rows(path: Path | None, hub_id: str | None, split: str, what: str):
     import datasets
 
     if hub_id:
-        return datasets.load_dataset(hub_id, split=split)
+        try:
+            return datasets.load_dataset(hub_id, split=split)
+        except Exception as err:  # noqa: BLE001 - hub, network and format errors come in many types
+            raise ValharmError(f"cannot load {what} '{hub_id}' (split {split}) from the hub: {err}; "
+                               "check dataset.hub_id / dataset.split, or use dataset.path") from None
     builder = BUILDERS.get(path.suffix.lower())
     if builder is None:
         raise ValharmError(f"{path}: unknown file type for {what}; use one of {', '.join(BUILDERS)}")
@@ -89,9 +93,7 @@ def load_instructions(name: str, path: str | None = None, hub_id: str | None = N
     if missing:
         raise ValharmError(f"{where} is missing column(s) {', '.join(missing)} for the {name} schema "
                            f"({', '.join(schema.columns)}); point dataset.path at a {name} file")
-    if limit:
-        rows = rows.select(range(min(limit, len(rows))))
-    examples = [schema.example(row) for row in rows if row[schema.columns[-1]]]
+    examples = [schema.example(row) for row in rows if row[schema.columns[-1]]][:limit]
     if not examples:
         raise ValharmError(f"{where} holds no {name} examples")
     return InstructionData(name, examples, where, not (path or hub_id))
