@@ -162,6 +162,7 @@ def test_vanilla_and_icl_run_without_training_and_save_no_adapter(tmp_path):
     assert [(r["aligner"], r["model_type"]) for r in results] == [("vanilla", "vanilla"), ("icl", "icl")]
     for d, r in zip(dirs, results):
         assert not (d / "adapter").exists() and not (d / "stages").exists() and r["training"] == {}
+        assert set(r["precision"]) == {"generation"}  # nothing trains, so no training precision is chosen
         assert {"pvq40", "rtp"} <= set(r["metrics"]) and r["metrics"]["pvq40"]["scoring"] == "loglik"
     assert results[0]["system_prompt"] is None and "Power (" in results[1]["system_prompt"]
 

@@ -157,15 +157,18 @@ def results_record(cfg: DictConfig, parts: dict, aligner_name: str, alignment: A
     }
 
 
-def run_job(cfg: DictConfig, job_type: str, align) -> dict | None:
-    """Shared job flow: build parts, skip finished runs, track, align (callback), evaluate, save."""
+def run_job(cfg: DictConfig, job_type: str, align, trains: bool = False) -> dict | None:
+    """Shared job flow: build parts, skip finished runs, track, align (callback), evaluate, save.
+
+    `trains`: the job trains, so it needs a training precision as well as a generation one.
+    """
     run_dir, name, group = run_context()
     results_path = run_dir / "results.json"
     if results_path.exists() and cfg.skip_finished:
         print(f"valharm: {results_path} exists; skipping finished job (skip_finished=false to redo it)")
         return json.loads(results_path.read_text())
     parts = build_components(cfg)
-    parts["precision"] = precision_plan(cfg, parts, training=job_type == "train")
+    parts["precision"] = precision_plan(cfg, parts, training=trains)
     value = parts["value"]
     config = {**flatten(OmegaConf.to_container(cfg, resolve=True)),
               **flatten({"value": {**value.as_dict(), "name": value.name, "coding": value.coding}}),
@@ -219,7 +222,7 @@ def train(cfg: DictConfig) -> dict | None:
             OmegaConf.save(origin, alignment.adapter_dir / ADAPTER_ORIGIN)
         return aligner.name, alignment
 
-    return run_job(cfg, "train", align)
+    return run_job(cfg, "train", align, trains=aligner.trains)
 
 
 def given_on_command_line(key: str) -> bool:
