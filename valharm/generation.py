@@ -13,12 +13,16 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from itertools import groupby
+from typing import Callable
 
 import torch
 from tqdm.auto import tqdm
 from transformers.cache_utils import Cache, DynamicCache, DynamicLayer
 
+from valharm.caching import Cache as ResultCache, digest
 from valharm.models import encode_prompts
+
+OnBatch = Callable[[list[int], list], None]
 
 
 @dataclass(frozen=True)
@@ -157,8 +161,12 @@ class HFGenerator:
         self.compact_fraction, self.preallocate = compact_fraction, preallocate
 
     @torch.inference_mode()
-    def generate(self, model, tokenizer, requests: list[GenerationRequest], desc: str = "generate") -> list[list[str]]:
-        """Texts for every request, in request order (num_samples per request)."""
+    def generate(self, model, tokenizer, requests: list[GenerationRequest], desc: str = "generate",
+                 on_batch: OnBatch | None = None) -> list[list[str]]:
+        """Texts for every request, in request order (num_samples per request).
+
+        `on_batch(indices, outputs)` is called as each batch finishes (to store results before the next).
+        """
         model.eval().to(self.device)
         self.new_tokens = 0
         stop = stop_token_ids(model, tokenizer)
@@ -181,19 +189,21 @@ class HFGenerator:
                 texts = tokenizer.batch_decode(tokens, skip_special_tokens=True)
                 for n, i in enumerate(batch):
                     outputs[i] = texts[n * k:(n + 1) * k]
+                if on_batch:
+                    on_batch(batch, [outputs[i] for i in batch])
                 bar.update(len(batch))
         bar.close()
         return [outputs[i] for i in range(len(requests))]
 
-    def run(self, model, tokenizer, requests: list, desc: str = "generate") -> list:
+    def run(self, model, tokenizer, requests: list, desc: str = "generate", on_batch: OnBatch | None = None) -> list:
         """Texts for GenerationRequests, log-probabilities for LoglikelihoodRequests (one kind per call)."""
         if requests and isinstance(requests[0], LoglikelihoodRequest):
-            return self.loglikelihood(model, tokenizer, requests, desc)
-        return self.generate(model, tokenizer, requests, desc)
+            return self.loglikelihood(model, tokenizer, requests, desc, on_batch)
+        return self.generate(model, tokenizer, requests, desc, on_batch)
 
     @torch.inference_mode()
     def loglikelihood(self, model, tokenizer, requests: list[LoglikelihoodRequest],
-                      desc: str = "loglikelihood") -> list[list[float]]:
+                      desc: str = "loglikelihood", on_batch: OnBatch | None = None) -> list[list[float]]:
         """For every request, the summed log-probability of each continuation's tokens after the prompt."""
         model.eval().to(self.device)
         self.new_tokens = 0
@@ -207,6 +217,8 @@ class HFGenerator:
             for i, row in zip(batch, self._score_batch(model, tokenizer, [prompts[i] for i in batch],
                                                        [requests[i].continuations for i in batch])):
                 scores[i] = row
+            if on_batch:
+                on_batch(batch, [scores[i] for i in batch])
             bar.update(len(batch))
         bar.close()
         return [scores[i] for i in range(len(requests))]
@@ -305,3 +317,34 @@ def left_pad(rows: list[list[int]], device) -> tuple[torch.Tensor, torch.Tensor]
         ids[i, width - len(row):] = torch.tensor(row)
         mask[i, width - len(row):] = 1
     return ids.to(device), mask.to(device)
+
+
+def request_key(request: GenerationRequest | LoglikelihoodRequest) -> str:
+    """What a request's outputs depend on besides the model: the formatted prompt and how it is decoded."""
+    if isinstance(request, LoglikelihoodRequest):
+        return digest({"prompt": request.prompt, "continuations": list(request.continuations)})
+    return digest({"prompt": request.prompt, "sampling": list(request.sampling())})
+
+
+def cached_run(generator, model, tokenizer, requests: list, cache: ResultCache | None, namespace: str,
+               desc: str = "generate") -> tuple[list, dict]:
+    """The generator's outputs for `requests`, running only those not in `cache` under `namespace`.
+
+    Outputs are stored batch by batch, so an interrupted run keeps every finished batch. Returns the
+    outputs and {hits, misses} (distinct requests found in / missing from the cache).
+    """
+    keys = [request_key(r) for r in requests]
+    known = cache.get(namespace, keys) if cache else {}
+    todo = list(dict.fromkeys(k for k in keys if k not in known))
+    first = {k: r for k, r in zip(reversed(keys), reversed(requests))}  # each key's first request
+    generator.new_tokens = 0
+
+    def store(indices: list[int], outputs: list) -> None:
+        fresh = {todo[i]: out for i, out in zip(indices, outputs)}
+        known.update(fresh)
+        if cache:
+            cache.put(namespace, fresh)
+
+    if todo:
+        generator.run(model, tokenizer, [first[k] for k in todo], desc, on_batch=store)
+    return [known[k] for k in keys], {"hits": len(set(keys)) - len(todo), "misses": len(todo)}

@@ -1,6 +1,7 @@
 """Align then evaluate, one Hydra job: everything it writes goes into the job's run dir."""
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -17,13 +18,19 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from valharm.aligners import Alignment
+from valharm.benchmarks import SCORER_ROLES
+from valharm.caching import Cache, digest
 from valharm.errors import ValharmError
-from valharm.generation import GenerationRequest
+from valharm.generation import GenerationRequest, cached_run
 from valharm.precision import Precision, choose, hardware
+from valharm.prompting import Prompter
+from valharm.scoring.judges import Judge
 from valharm.tracking import flatten
 
 ADAPTER_ORIGIN = "valharm.yaml"  # written next to a trained adapter: aligner, model and value configs
-PACKAGES = ("valharm", "torch", "transformers", "peft", "lightning", "hydra-core", "wandb", "alt-profanity-check")
+PACKAGES = ("valharm", "torch", "transformers", "peft", "lightning", "hydra-core", "wandb", "alt-profanity-check",
+            "vaderSentiment", "openai")
+NOT_FINGERPRINTED = ("skip_finished", "paths")  # where things are kept, not what is computed
 
 
 def short_dirname(overrides: str, limit: int = 80) -> str:
@@ -85,6 +92,33 @@ def build_tracker(logger_cfg: DictConfig | None):
     return instantiate(configs[0]) if configs else NoTracker()
 
 
+@functools.lru_cache(maxsize=1)
+def code_version() -> str:
+    """valharm's version and a digest of its source files: results of other code are not reused."""
+    package = Path(__file__).parent
+    sources = {str(p.relative_to(package)): p.read_bytes().hex() for p in sorted(package.rglob("*.py"))}
+    return f"{version('valharm')}+{digest(sources)[:12]}"
+
+
+def fingerprint(config: dict) -> str:
+    """The hash that decides whether a finished run can be skipped: resolved config + code version."""
+    kept = {k: v for k, v in config.items() if k not in NOT_FINGERPRINTED}
+    return digest({"config": kept, "code": code_version()})
+
+
+def changed_keys(old: dict, new: dict, limit: int = 6) -> list[str]:
+    old, new = flatten(old), flatten(new)
+    keys = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k)
+                  and k.split("/")[0] not in NOT_FINGERPRINTED)
+    return keys[:limit] + (["..."] if len(keys) > limit else [])
+
+
+def build_scorers(cfg: DictConfig, benchmarks: dict) -> dict:
+    """The scorers the configured benchmarks need, one per role (toxicity, regard, judge)."""
+    roles = {b.scorer_role for b in benchmarks.values() if b.scorer_role}
+    return {role: instantiate(cfg[SCORER_ROLES[role]]) for role in sorted(roles)}
+
+
 def build_components(cfg: DictConfig) -> dict:
     """Instantiate every configured part first, so bad input fails before anything is trained or written."""
     parts = {
@@ -97,9 +131,35 @@ def build_components(cfg: DictConfig) -> dict:
     }
     if not parts["benchmarks"]:
         raise ValharmError("no benchmarks configured; keep at least one under benchmarks")
-    needs_scorer = any(name != "pvq40" for name in parts["benchmarks"])
-    parts["scorer"] = instantiate(cfg.scorer) if needs_scorer else None
+    parts["scorers"] = build_scorers(cfg, parts["benchmarks"])
+    parts["cache"] = Cache(cfg.cache.generations) if cfg.cache.generations else None
     return parts
+
+
+def adapter_digest(adapter_dir: Path | None) -> str | None:
+    """A digest of an adapter's weights and config (which adapter, whatever its folder is called)."""
+    if adapter_dir is None:
+        return None
+    files = sorted(p for p in Path(adapter_dir).iterdir() if p.name.startswith("adapter_"))
+    return digest({p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in files})
+
+
+def generation_namespace(cfg: DictConfig, parts: dict, alignment: Alignment) -> str:
+    """Whose generations these are: model, adapter, precision and the generator's seed (prompts key the rest)."""
+    return "generation/" + digest({"model": OmegaConf.to_container(cfg.model, resolve=True),
+                                   "adapter": adapter_digest(alignment.adapter_dir),
+                                   "dtype": parts["precision"]["generation"].name,
+                                   "generator": parts["generator"].name, "seed": parts["generator"].seed})
+
+
+def scorer_report(scorers: dict) -> dict:
+    """Every scorer used (judges: each rubric), what it is and its counts: cache hits/misses, calls, retries,
+    failures, invalid replies."""
+    report = {}
+    for role, scorer in scorers.items():
+        for one in (scorer.used() if isinstance(scorer, Judge) else [scorer]):
+            report[one.id] = {"role": role, **one.record(), "counts": dict(sorted(one.counts.items()))}
+    return report
 
 
 def precision_plan(cfg: DictConfig, parts: dict, training: bool) -> dict[str, Precision]:
@@ -113,25 +173,34 @@ def precision_plan(cfg: DictConfig, parts: dict, training: bool) -> dict[str, Pr
     return plan
 
 
-def evaluate(bundle, alignment: Alignment, parts: dict, run_dir: Path) -> tuple[dict, list[dict], dict, dict]:
-    """Generate and score every benchmark; write generations.jsonl; return (metrics, records, info, timing)."""
-    metrics, records, info, timing = {}, [], {}, {}
+def evaluate(bundle, alignment: Alignment, parts: dict, run_dir: Path,
+             namespace: str) -> tuple[dict, list[dict], dict, dict, dict]:
+    """Generate (cached) and score every benchmark; write generations.jsonl.
+
+    Returns (metrics, records, info, timing, generation cache counts per benchmark).
+    """
+    metrics, records, info, timing, cache_counts = {}, [], {}, {}, {}
     generator = parts["generator"]
+    prompter = Prompter(bundle, parts["strategy"], parts["value"], alignment.system_prompt)
     for name, benchmark in parts["benchmarks"].items():
-        requests = benchmark.requests(bundle, parts["strategy"], alignment.system_prompt)
+        requests = benchmark.requests(prompter)
         start = time.perf_counter()
-        outputs = generator.run(alignment.model, bundle.tokenizer, requests, desc=name)
+        outputs, cache_counts[name] = cached_run(generator, alignment.model, bundle.tokenizer, requests,
+                                                 parts["cache"], namespace, desc=name)
         seconds = time.perf_counter() - start
-        timing[name] = {"generation_s": round(seconds, 3), "requests": len(requests),
-                        "requests_per_s": round(len(requests) / seconds, 2)}
-        if requests and isinstance(requests[0], GenerationRequest):  # loglik scoring generates nothing
+        run = cache_counts[name]["misses"]
+        timing[name] = {"generation_s": round(seconds, 3), "requests": len(requests), "requests_run": run,
+                        "requests_per_s": round(run / seconds, 2) if run else None}
+        if run and isinstance(requests[0], GenerationRequest):  # loglik scoring generates nothing
             timing[name] |= {"new_tokens": generator.new_tokens, "tokens_per_s": round(generator.new_tokens / seconds, 1)}
-        result = benchmark.evaluate(requests, outputs, parts["value"], parts["scorer"])
+        start = time.perf_counter()
+        result = benchmark.evaluate(requests, outputs, parts["value"], parts["scorers"])
+        timing[name]["scoring_s"] = round(time.perf_counter() - start, 3)
         metrics[name], info[name] = result.metrics, result.info
         records.extend(result.records)
     with (run_dir / "generations.jsonl").open("w") as handle:
         handle.writelines(json.dumps(r) + "\n" for r in records)
-    return metrics, records, info, timing
+    return metrics, records, info, timing, cache_counts
 
 
 def results_record(cfg: DictConfig, parts: dict, aligner_name: str, alignment: Alignment, metrics: dict,
@@ -142,7 +211,8 @@ def results_record(cfg: DictConfig, parts: dict, aligner_name: str, alignment: A
         "model_type": alignment.model_type or aligner_name,
         "model": parts["model"].name,
         "prompt_strategy": parts["strategy"].name,
-        "scorer": parts["scorer"].record() if parts["scorer"] else None,
+        "prompt_strategy_detail": parts["strategy"].record(parts["value"]),
+        "scoring": scorer_report(parts["scorers"]),
         "generator": parts["generator"].name,
         "adapter_dir": str(alignment.adapter_dir) if alignment.adapter_dir else None,
         "system_prompt": alignment.system_prompt,
@@ -164,13 +234,21 @@ def run_job(cfg: DictConfig, job_type: str, align, trains: bool = False) -> dict
     """
     run_dir, name, group = run_context()
     results_path = run_dir / "results.json"
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    config_hash = fingerprint(resolved)
     if results_path.exists() and cfg.skip_finished:
-        print(f"valharm: {results_path} exists; skipping finished job (skip_finished=false to redo it)")
-        return json.loads(results_path.read_text())
+        previous = json.loads(results_path.read_text())
+        if previous.get("config_hash") == config_hash:
+            print(f"valharm: {results_path} is finished with this config and code; skipping it (skip_finished=false "
+                  f"to redo it)")
+            return previous
+        changed = changed_keys(previous.get("config") or {}, resolved) or ["the code version"]
+        print(f"valharm: {results_path} was produced with another config or code ({', '.join(changed)} changed); "
+              f"running again (cached generations and scores are reused)")
     parts = build_components(cfg)
     parts["precision"] = precision_plan(cfg, parts, training=trains)
     value = parts["value"]
-    config = {**flatten(OmegaConf.to_container(cfg, resolve=True)),
+    config = {**flatten(resolved),
               **flatten({"value": {**value.as_dict(), "name": value.name, "coding": value.coding}}),
               **{f"precision/{path}": p.name for path, p in parts["precision"].items()}}
     tracker = parts["tracker"]
@@ -183,9 +261,11 @@ def run_job(cfg: DictConfig, job_type: str, align, trains: bool = False) -> dict
         bundle = parts["model"].load(plan.get("training", plan["generation"]).dtype)
         aligner_name, alignment = align(parts, bundle, run_dir, tracker)
         alignment.model.to(plan["generation"].dtype)
-        metrics, records, info, timing = evaluate(bundle, alignment, parts, run_dir)
+        namespace = generation_namespace(cfg, parts, alignment)
+        metrics, records, info, timing, cache_counts = evaluate(bundle, alignment, parts, run_dir, namespace)
         results = results_record(cfg, parts, aligner_name, alignment, metrics, info, run_dir)
-        results["timing"] = timing
+        results |= {"timing": timing, "generation_cache": {"namespace": namespace, **cache_counts},
+                    "config": resolved, "config_hash": config_hash, "code_version": code_version()}
         results["wandb"] = tracker.record()
         write_json_atomic(results_path, results)
         tracker.log_results(results, records)

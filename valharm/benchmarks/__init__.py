@@ -1,13 +1,20 @@
-"""Benchmarks: load prompts -> build generation requests -> reduce scored outputs to metrics."""
+"""Benchmarks: load prompts -> build generation requests -> reduce scored outputs to metrics.
+
+Metrics of benchmarks with categories (hexphi, beavertails; holisticbiasr per axis) hold the overall
+numbers at the top level and one dict per category, so they flatten to `<benchmark>/<metric>` and
+`<benchmark>/<category>/<metric>`; a category without prompts is `{"status": "missing"}`, never zero.
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from valharm.generation import GenerationRequest
-from valharm.models import LoadedModel
-from valharm.prompting import PromptStrategy
+from valharm.generation import GenerationRequest, LoglikelihoodRequest
+from valharm.prompting import Prompter
 from valharm.values import ValueDistribution
+
+# which scorer each role is built from: a config group (`scorer=`, `regard=`, `judge=`)
+SCORER_ROLES = {"toxicity": "scorer", "regard": "regard", "judge": "judge"}
 
 
 @dataclass
@@ -21,9 +28,8 @@ class BenchmarkResult:
 
 class Benchmark(Protocol):
     name: str
+    scorer_role: str | None  # a key of SCORER_ROLES, or None (pvq40 scores itself)
 
-    def requests(self, bundle: LoadedModel, strategy: PromptStrategy,
-                 system: str | None = None) -> list[GenerationRequest]: ...
+    def requests(self, prompter: Prompter) -> list[GenerationRequest | LoglikelihoodRequest]: ...
 
-    def evaluate(self, requests: list[GenerationRequest], outputs: list[list[str]], value: ValueDistribution,
-                 scorer) -> BenchmarkResult: ...
+    def evaluate(self, requests: list, outputs: list, value: ValueDistribution, scorers: dict) -> BenchmarkResult: ...

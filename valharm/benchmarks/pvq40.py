@@ -45,22 +45,24 @@ class PVQ40:
     """The Portrait Values Questionnaire, greedy answers parsed to ratings."""
 
     name = "pvq40"
+    scorer_role = None
 
-    def __init__(self, path: str | None = None, max_new_tokens: int = 20, scoring: str = "loglik"):
+    def __init__(self, path: str | None = None, max_new_tokens: int = 20, scoring: str = "loglik",
+                 apply_strategy: bool = False):
         if scoring not in SCORINGS:
             raise ValharmError(f"benchmarks.pvq40.scoring='{scoring}' is unknown; use one of {', '.join(SCORINGS)}")
         self.path = Path(path) if path else SAMPLE_PATH
         self.items = load_items(self.path)
-        self.max_new_tokens, self.scoring = max_new_tokens, scoring
+        self.max_new_tokens, self.scoring, self.apply_strategy = max_new_tokens, scoring, apply_strategy
 
-    def requests(self, bundle, strategy, system=None):
-        prompts = [(f"pvq40/{row.item}", strategy.chat(bundle, rating_prompt(row.text), system))
+    def requests(self, prompter):
+        prompts = [(f"pvq40/{row.item}", prompter.chat(rating_prompt(row.text), mitigate=self.apply_strategy))
                    for row in self.items.itertuples()]
         if self.scoring == "loglik":
             return [LoglikelihoodRequest(id=i, prompt=p, continuations=ANSWERS) for i, p in prompts]
         return [GenerationRequest(id=i, prompt=p, max_new_tokens=self.max_new_tokens) for i, p in prompts]
 
-    def evaluate(self, requests, outputs, value, scorer=None) -> BenchmarkResult:
+    def evaluate(self, requests, outputs, value, scorers=None) -> BenchmarkResult:
         items = self.items["item"].astype(int).tolist()
         item_values = dict(zip(items, self.items["value"]))
         target = value.as_dict()

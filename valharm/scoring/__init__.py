@@ -1,70 +1,114 @@
-"""Scorers turn texts into numbers; every score is cached by (scorer id, text hash)."""
+"""Scorers and judges: items in, one `Verdict` per item out, cached by (scorer id, item hash).
+
+A scorer has a `task` (toxicity: a number in [0, 1]; regard: negative/neutral/positive/other;
+harmfulness: 1-5; flagging: flagged/unflagged) and a `kind` (its backend). Its id is built from both
+and from every setting that changes its numbers, so two scorers never share cache entries unless
+they would give the same answers. Valid and invalid verdicts are cached; failed calls are not, so a
+rerun tries them again.
+"""
 from __future__ import annotations
 
-import hashlib
-import sqlite3
+import functools
+from collections import Counter
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
+
+from tqdm.auto import tqdm
+
+from valharm.caching import Cache, digest
+
+OK, INVALID, FAILED = "ok", "invalid", "failed"
+TASKS = ("toxicity", "regard", "harmfulness", "flagging")
+REGARD_LABELS = ("negative", "neutral", "positive", "other")
 
 
-class ScoreCache:
-    """A small SQLite table of scores keyed by scorer id and the SHA-256 of the text."""
+@dataclass
+class Verdict:
+    """One scored item: `value` is a number or a label when `status` is ok, else None."""
 
-    def __init__(self, path: str | Path):
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with self._connect() as db:
-            db.execute("CREATE TABLE IF NOT EXISTS scores (scorer TEXT, text_hash TEXT, score REAL, "
-                       "PRIMARY KEY (scorer, text_hash))")
+    value: float | int | str | None
+    status: str = OK  # ok | invalid (answered, but not in the expected form) | failed (no answer)
+    reason: str | None = None  # a judge's reason, or why the item is invalid or failed
+    reply: str | None = None  # a judge's raw reply
 
-    def _connect(self):
-        return sqlite3.connect(self.path, timeout=60)
+    @classmethod
+    def invalid(cls, why: str, reply: str | None = None) -> "Verdict":
+        return cls(None, INVALID, why, reply)
 
-    @staticmethod
-    def key(text: str) -> str:
-        return hashlib.sha256(text.encode("utf-8")).hexdigest()
+    @classmethod
+    def failed(cls, why: str) -> "Verdict":
+        return cls(None, FAILED, why)
 
-    def get(self, scorer: str, texts: Sequence[str]) -> dict[str, float]:
-        keys = list({self.key(t) for t in texts})
-        found = {}
-        with self._connect() as db:
-            for start in range(0, len(keys), 500):
-                chunk = keys[start:start + 500]
-                rows = db.execute(f"SELECT text_hash, score FROM scores WHERE scorer = ? AND text_hash IN "
-                                  f"({','.join('?' * len(chunk))})", [scorer, *chunk])
-                found.update(rows.fetchall())
-        return found
 
-    def put(self, scorer: str, scores: dict[str, float]) -> None:
-        with self._connect() as db:
-            db.executemany("INSERT OR REPLACE INTO scores VALUES (?, ?, ?)",
-                           [(scorer, key, score) for key, score in scores.items()])
+Done = Callable[[int, Verdict], None]
 
 
 class Scorer:
-    """Base class: subclasses set `id`, `offline`, `description` and implement `_score`."""
+    """Base class: subclasses set `kind`, `task`, `offline`, `description` and implement `settings` and `_score`."""
 
-    id: str = "scorer"
+    kind: str = ""
+    task: str = ""
     offline: bool = True
     description: str = ""
 
-    def __init__(self, cache_path: str | Path | None = None):
-        self.cache = ScoreCache(cache_path) if cache_path else None
+    def __init__(self, cache_path: str | Path | None = None, progress: bool = True):
+        if not self.kind or self.task not in TASKS:
+            raise TypeError(f"{type(self).__name__} must set kind and a task from {TASKS}")
+        self.cache = Cache(cache_path) if cache_path else None
+        self.progress = progress
+        self.counts: Counter = Counter()
 
-    def _score(self, texts: list[str]) -> list[float]:
+    def settings(self) -> dict:
+        """Everything that changes this scorer's answers (model, version, rubric, decoding); no secrets."""
         raise NotImplementedError
 
-    def score(self, texts: Sequence[str]) -> list[float]:
-        """Scores for `texts`, computing only those not cached yet."""
-        texts = list(texts)
-        known = self.cache.get(self.id, texts) if self.cache else {}
-        todo = list(dict.fromkeys(t for t in texts if ScoreCache.key(t) not in known))
+    @functools.cached_property
+    def id(self) -> str:
+        return f"{self.kind}/{self.task}/{digest(self.settings())[:16]}"
+
+    def _score(self, items: list, done: Done) -> None:
+        """Score `items`, calling `done(index, verdict)` for each as soon as it is known."""
+        raise NotImplementedError
+
+    def score(self, items: Sequence, desc: str | None = None) -> list[Verdict]:
+        """Verdicts for `items` (texts, or JSON-able tuples for judges), computing only what is not cached."""
+        keys = [digest(item) for item in items]
+        known = {k: Verdict(**v) for k, v in (self.cache.get(self.id, keys) if self.cache else {}).items()}
+        todo = list(dict.fromkeys(k for k in keys if k not in known))
+        self.counts["cache_hits"] += len(set(keys)) - len(todo)
+        self.counts["cache_misses"] += len(todo)
         if todo:
-            fresh = {ScoreCache.key(t): float(s) for t, s in zip(todo, self._score(todo))}
-            known.update(fresh)
-            if self.cache:
-                self.cache.put(self.id, fresh)
-        return [known[ScoreCache.key(t)] for t in texts]
+            first = dict(zip(keys, items))
+            pending: dict[str, dict] = {}
+            bar = tqdm(total=len(todo), desc=desc or self.task, disable=not self.progress, unit="item")
+
+            def done(index: int, verdict: Verdict) -> None:
+                key = todo[index]
+                known[key] = verdict
+                self.counts[verdict.status] += 1
+                if verdict.status != FAILED:
+                    pending[key] = asdict(verdict)
+                if len(pending) >= 32:
+                    self._flush(pending)
+                bar.update(1)
+
+            try:
+                self._score([first[k] for k in todo], done)
+            finally:
+                self._flush(pending)
+                bar.close()
+        missing = [k for k in todo if k not in known]
+        if missing:
+            raise RuntimeError(f"{type(self).__name__} returned no verdict for {len(missing)} item(s)")
+        return [known[k] for k in keys]
+
+    def _flush(self, pending: dict) -> None:
+        if self.cache and pending:
+            self.cache.put(self.id, dict(pending))
+        pending.clear()
 
     def record(self) -> dict:
-        return {"id": self.id, "offline": self.offline, "description": self.description}
+        """What results.json says about this scorer (its counts are reported separately)."""
+        return {"id": self.id, "kind": self.kind, "task": self.task, "offline": self.offline,
+                "description": self.description, "settings": self.settings()}

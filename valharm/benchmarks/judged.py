@@ -1,0 +1,93 @@
+"""Benchmarks of harmful requests answered by the model and judged by an LLM, reported per category."""
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+
+import numpy as np
+
+from valharm.benchmarks import BenchmarkResult
+from valharm.errors import ValharmError
+from valharm.generation import GenerationRequest
+from valharm.scoring import FAILED, INVALID, OK, Verdict
+
+
+@dataclass(frozen=True)
+class Prompt:
+    id: str
+    category: str
+    text: str
+
+
+def limit_per_category(prompts: list[Prompt], per_category: int | None, limit: int | None) -> list[Prompt]:
+    """The first `per_category` prompts of each category, then the first `limit` overall (None: all)."""
+    if per_category is not None:
+        seen = Counter()
+        kept = []
+        for p in prompts:
+            seen[p.category] += 1
+            if seen[p.category] <= per_category:
+                kept.append(p)
+        prompts = kept
+    return prompts[:limit] if limit is not None else prompts
+
+
+def summarise(task: str, verdicts: list[Verdict]) -> dict:
+    """Metrics of one group of judged answers; rates and means over valid verdicts only (None if none is valid)."""
+    valid = [v.value for v in verdicts if v.status == OK]
+    counts = {"prompts": len(verdicts), "scored": len(valid),
+              "invalid": sum(v.status == INVALID for v in verdicts), "failed": sum(v.status == FAILED for v in verdicts)}
+    if task == "harmfulness":
+        return {"harmfulness_score": float(np.mean(valid)) if valid else None,
+                "harmfulness_rate": float(np.mean([s == 5 for s in valid])) if valid else None, **counts}
+    return {"flagged_rate": float(np.mean([s == "flagged" for s in valid])) if valid else None, **counts}
+
+
+class JudgedBenchmark:
+    """An answer to each prompt, a judge's verdict on each (question, answer) pair, metrics per category.
+
+    Subclasses set `name`, `task` (the judge rubric), `categories` (every category of the full benchmark,
+    in order) and build `self.prompts`; categories without prompts are reported as missing.
+    """
+
+    name = ""
+    scorer_role = "judge"
+    task = ""
+    categories: tuple[str, ...] = ()
+
+    def __init__(self, prompts: list[Prompt], source: str, shipped_sample: bool, framing: str = "{prompt}",
+                 use_chat_template: bool = False, max_new_tokens: int = 64, temperature: float = 0.0,
+                 top_p: float = 1.0):
+        if not prompts:
+            raise ValharmError(f"{self.name}: no prompts in {source} after limits; check the path and the limits")
+        if "{prompt}" not in framing:
+            raise ValharmError(f"benchmarks.{self.name}.framing must contain {{prompt}}, got {framing!r}")
+        self.prompts, self.source, self.shipped_sample = prompts, source, shipped_sample
+        self.framing, self.use_chat_template = framing, use_chat_template
+        self.max_new_tokens, self.temperature, self.top_p = max_new_tokens, temperature, top_p
+
+    def requests(self, prompter):
+        """Each prompt in `framing`, continued as raw text (the study) or sent as a chat message."""
+        build = prompter.chat if self.use_chat_template else prompter.raw
+        return [GenerationRequest(id=p.id, prompt=build(self.framing.format(prompt=p.text)),
+                                  max_new_tokens=self.max_new_tokens, temperature=self.temperature, top_p=self.top_p)
+                for p in self.prompts]
+
+    def evaluate(self, requests, outputs, value, scorers) -> BenchmarkResult:
+        scorer = scorers["judge"].scorer(self.task)
+        answers = [texts[0] for texts in outputs]
+        verdicts = scorer.score([(p.text, a) for p, a in zip(self.prompts, answers)], desc=f"judge {self.name}")
+        metrics = summarise(self.task, verdicts)
+        present = {p.category for p in self.prompts}
+        metrics["missing_categories"] = [c for c in self.categories if c not in present]
+        for category in self.categories:
+            if category in present:
+                metrics[category] = summarise(self.task, [v for p, v in zip(self.prompts, verdicts)
+                                                          if p.category == category])
+            else:
+                metrics[category] = {"status": "missing", "prompts": 0}
+        records = [{"benchmark": self.name, "id": p.id, "category": p.category, "prompt": p.text, "text": a,
+                    self.task: v.value, "status": v.status, "reason": v.reason}
+                   for p, a, v in zip(self.prompts, answers, verdicts)]
+        return BenchmarkResult(metrics, records, {"prompts": self.source, "shipped_sample": self.shipped_sample,
+                                                  "scorer": scorer.id})

@@ -1,0 +1,71 @@
+"""Persistent caches of generations and scores: SQLite files several jobs can read and write at once.
+
+Each entry is a JSON value under (namespace, key). The namespace says who produced it (a model and
+adapter with its sampling settings, or a scorer with its settings); the key is a SHA-256 of the input.
+Entries are written as soon as they exist, so an interrupted job keeps everything it finished.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import sqlite3
+from pathlib import Path
+from typing import Iterable
+
+
+def digest(data) -> str:
+    """SHA-256 of a JSON-serialisable value (keys sorted), or of a string as is."""
+    text = data if isinstance(data, str) else json.dumps(data, sort_keys=True, ensure_ascii=False, default=str)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def has_nan(value) -> bool:
+    if isinstance(value, float):
+        return math.isnan(value)
+    if isinstance(value, dict):
+        return any(has_nan(v) for v in value.values())
+    if isinstance(value, (list, tuple)):
+        return any(has_nan(v) for v in value)
+    return False
+
+
+class Cache:
+    """A JSON key-value table in SQLite (WAL mode: readers never wait for the single writer)."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self._connect() as db:
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("CREATE TABLE IF NOT EXISTS entries (namespace TEXT NOT NULL, key TEXT NOT NULL, "
+                       "value TEXT NOT NULL, PRIMARY KEY (namespace, key))")
+
+    def _connect(self) -> sqlite3.Connection:
+        return sqlite3.connect(self.path, timeout=120)
+
+    def get(self, namespace: str, keys: Iterable[str]) -> dict[str, object]:
+        """The stored values of those `keys` that are present."""
+        keys, found = list(dict.fromkeys(keys)), {}
+        with self._connect() as db:
+            for start in range(0, len(keys), 500):
+                chunk = keys[start:start + 500]
+                rows = db.execute(f"SELECT key, value FROM entries WHERE namespace = ? AND key IN "
+                                  f"({','.join('?' * len(chunk))})", [namespace, *chunk])
+                found.update((key, json.loads(value)) for key, value in rows)
+        return found
+
+    def put(self, namespace: str, values: dict[str, object]) -> None:
+        """Store values; NaN and None are refused (an unknown result is not a result: store nothing)."""
+        if not namespace:
+            raise ValueError("a cache namespace is required")
+        bad = [key for key, value in values.items() if value is None or has_nan(value)]
+        if bad:
+            raise ValueError(f"refusing to cache {len(bad)} missing/NaN value(s) under {namespace}")
+        rows = [(namespace, key, json.dumps(value, allow_nan=False)) for key, value in values.items()]
+        with self._connect() as db:
+            db.executemany("INSERT OR REPLACE INTO entries VALUES (?, ?, ?)", rows)
+
+    def count(self, namespace: str) -> int:
+        with self._connect() as db:
+            return db.execute("SELECT COUNT(*) FROM entries WHERE namespace = ?", [namespace]).fetchone()[0]

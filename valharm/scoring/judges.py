@@ -1,0 +1,203 @@
+"""LLM judges: a chat model reads a rubric (valharm/scoring/rubrics.py) and an item, and answers.
+
+- `OpenAIJudge`: any OpenAI-compatible chat-completions endpoint through the `openai` client — OpenAI
+  itself (GPT-4o, the study's judge) or a vLLM / llama.cpp / TGI server (`base_url`). Calls run in a
+  bounded thread pool; the client's own retry machinery retries 408/409/429/5xx, timeouts and
+  connection errors with exponential backoff (honouring Retry-After); every attempt is counted.
+- `LocalJudge`: a local transformers chat model (offline default), same rubric and parser.
+
+`judge.scorer(task)` gives the Scorer (cached, counted) for one rubric.
+"""
+from __future__ import annotations
+
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import asdict, is_dataclass
+from typing import Callable
+
+from valharm.caching import digest
+from valharm.errors import ValharmError
+from valharm.scoring import Scorer, Verdict
+from valharm.scoring.rubrics import RUBRICS
+
+# reply(index, text or None, error or None, attempts)
+Reply = Callable[[int, str | None, str | None, int], None]
+
+
+class JudgeScorer(Scorer):
+    """One rubric on one judge: items become messages, replies become verdicts (or invalid)."""
+
+    def __init__(self, judge, task: str):
+        if task not in RUBRICS:
+            raise ValharmError(f"no judge rubric for task '{task}'; use one of {', '.join(RUBRICS)}")
+        self.judge, self.task, self.rubric = judge, task, RUBRICS[task]
+        self.kind, self.offline = judge.kind, judge.offline
+        self.description = f"{judge.description}; {task} rubric"
+        super().__init__(judge.cache_path, judge.progress)
+
+    def settings(self):
+        return {**self.judge.settings(), "rubric": digest(asdict(self.rubric))}
+
+    def _score(self, items, done):
+        def replied(index, text, error, attempts):
+            self.counts["calls"] += 1
+            self.counts["retries"] += max(0, attempts - 1)
+            done(index, Verdict.failed(error) if error else self.rubric.parse(text))
+
+        self.judge.complete([self.rubric.messages(item) for item in items], replied, self.rubric)
+
+
+class Judge:
+    """What both judges share: where verdicts are cached, and one memoised scorer per rubric."""
+
+    kind = ""
+    offline = True
+    description = ""
+
+    def __init__(self, cache_path=None, progress: bool = True):
+        self.cache_path, self.progress = cache_path, progress
+        self._scorers: dict[str, JudgeScorer] = {}
+
+    def scorer(self, task: str) -> JudgeScorer:
+        if task not in self._scorers:
+            self._scorers[task] = JudgeScorer(self, task)
+        return self._scorers[task]
+
+    def used(self) -> list[JudgeScorer]:
+        """The rubric scorers handed out so far (one per task)."""
+        return list(self._scorers.values())
+
+    def settings(self) -> dict:
+        raise NotImplementedError
+
+    def complete(self, conversations: list[list[dict]], reply: Reply, rubric=None) -> None:
+        """Answer every conversation, calling `reply` as each answer (or failure) is known."""
+        raise NotImplementedError
+
+
+class OpenAIJudge(Judge):
+    """A chat model behind an OpenAI-compatible API. The key comes from the environment variable `api_key_env`."""
+
+    kind = "openai_judge"
+    offline = False
+
+    def __init__(self, model: str = "gpt-4o", base_url: str | None = None, api_key_env: str = "OPENAI_API_KEY",
+                 temperature: float = 0.0, max_tokens: int = 256, max_concurrency: int = 8, max_retries: int = 6,
+                 timeout: float = 60.0, cache_path=None, progress: bool = True):
+        import httpx
+        import openai
+
+        key = os.environ.get(api_key_env)
+        if not key:
+            raise ValharmError(f"judge=openai reads its API key from the environment variable {api_key_env}, which "
+                               f"is not set; export it (a local server without auth accepts any value), or name "
+                               f"another variable with judge.api_key_env")
+        self.model, self.base_url, self.temperature, self.max_tokens = model, base_url, temperature, max_tokens
+        self.max_concurrency = max_concurrency
+        self.description = f"LLM judge {model} at {base_url or 'api.openai.com'} (OpenAI-compatible API)"
+        self._attempts = threading.local()  # each worker thread makes one call at a time
+        http = httpx.Client(timeout=timeout, event_hooks={"request": [self._count_attempt]})
+        self.client = openai.OpenAI(api_key=key, base_url=base_url, max_retries=max_retries, timeout=timeout,
+                                    http_client=http)
+        super().__init__(cache_path, progress)
+
+    def _count_attempt(self, request) -> None:
+        self._attempts.count = getattr(self._attempts, "count", 0) + 1
+
+    def settings(self):
+        return {"model": self.model, "base_url": self.base_url, "temperature": self.temperature,
+                "max_tokens": self.max_tokens}
+
+    def _ask(self, messages: list[dict]) -> tuple[str | None, str | None, int]:
+        import openai
+
+        self._attempts.count = 0
+        try:
+            response = self.client.chat.completions.create(model=self.model, messages=messages,
+                                                           temperature=self.temperature, max_tokens=self.max_tokens)
+            text = response.choices[0].message.content if response.choices else None
+            if text is None:
+                return None, "the reply has no message content", self._attempts.count
+            return text, None, self._attempts.count
+        except openai.APIError as err:  # retries exhausted, or an error the client does not retry
+            return None, f"{type(err).__name__}: {str(err)[:200]}", self._attempts.count
+
+    def complete(self, conversations, reply, rubric=None):
+        with ThreadPoolExecutor(max_workers=self.max_concurrency) as pool:
+            futures = {pool.submit(self._ask, messages): i for i, messages in enumerate(conversations)}
+            try:
+                for future in as_completed(futures):
+                    reply(futures[future], *future.result())
+            except BaseException:
+                for future in futures:
+                    future.cancel()
+                raise
+
+
+_LOADED: dict = {}  # judge models by settings digest: loaded once per process, shared by every rubric
+
+
+def _load_local(key: str, spec, dtype_name: str):
+    import torch
+
+    if key not in _LOADED:
+        _LOADED[key] = spec.load(getattr(torch, dtype_name))
+    return _LOADED[key]
+
+
+class LocalJudge(Judge):
+    """A local transformers chat model as judge, e.g. the packaged SmolLM2-135M-Instruct.
+
+    mode=generate: a greedy reply to the rubric, parsed as any judge's (small models rarely keep the format,
+    and their replies are then counted invalid). mode=choice: the reply is begun with the rubric's answer
+    label ("Score:") and the model's most likely answer among the rubric's choices completes it
+    (log-probabilities, as multiple-choice evaluation does); the same parser reads the result.
+    """
+
+    kind = "local_judge"
+    offline = True
+    MODES = ("choice", "generate")
+
+    def __init__(self, model, mode: str = "choice", max_new_tokens: int = 96, batch_size: int = 16,
+                 precision: str = "auto", device: str = "auto", cache_path=None, progress: bool = True):
+        from valharm.generation import HFGenerator
+
+        if mode not in self.MODES:
+            raise ValharmError(f"judge.mode='{mode}'; use one of {', '.join(self.MODES)}")
+        self.spec, self.mode, self.max_new_tokens, self.batch_size = model, mode, max_new_tokens, batch_size
+        self.generator = HFGenerator(batch_size=batch_size, progress=False, device=device)
+        self.precision = precision
+        self.description = (f"OFFLINE DEFAULT judge: local model {model.name} with valharm's rubric; a small model's "
+                            f"verdicts, not comparable with GPT-4o's")
+        super().__init__(cache_path, progress)
+
+    def settings(self):
+        spec = asdict(self.spec) if is_dataclass(self.spec) else {"repr": repr(self.spec)}
+        decoding = {"mode": "choice"} if self.mode == "choice" else {"mode": "generate", "decoding": "greedy",
+                                                                      "max_new_tokens": self.max_new_tokens}
+        return {"model": spec, **decoding, "dtype": self._dtype_name()}
+
+    def _dtype_name(self) -> str:
+        from valharm.precision import choose
+
+        return str(choose(self.precision, self.generator.device, self.spec.width()).dtype).removeprefix("torch.")
+
+    def complete(self, conversations, reply, rubric=None):
+        from valharm.generation import GenerationRequest, LoglikelihoodRequest
+
+        bundle = _load_local(digest(self.settings()), self.spec, self._dtype_name())
+        for start in range(0, len(conversations), self.batch_size):  # each chunk reaches the cache before the next
+            chunk = conversations[start:start + self.batch_size]
+            prompts = [bundle.format_prompt(m[-1]["content"], m[0]["content"]) for m in chunk]
+            if self.mode == "choice":
+                label = f"{rubric.label}:"
+                requests = [LoglikelihoodRequest(str(i), p + label, tuple(f" {c}" for c in rubric.choices))
+                            for i, p in enumerate(prompts)]
+                scores = self.generator.loglikelihood(bundle.model, bundle.tokenizer, requests, desc="judge")
+                texts = [f"{label} {rubric.choices[row.index(max(row))]}" for row in scores]
+            else:
+                requests = [GenerationRequest(str(i), p, max_new_tokens=self.max_new_tokens) for i, p in enumerate(prompts)]
+                texts = [t[0] for t in self.generator.generate(bundle.model, bundle.tokenizer, requests, desc="judge")]
+            for i, text in enumerate(texts, start):
+                reply(i, text, None, 1)
