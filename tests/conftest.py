@@ -46,3 +46,22 @@ def tiny_spec():
 @pytest.fixture(scope="session")
 def tiny_bundle(tiny_spec):
     return tiny_spec.load()
+
+
+@pytest.fixture(scope="session")
+def tiny_classifier(tmp_path_factory, tiny_bundle):
+    """A randomly initialised Llama sequence classifier with regard labels, saved like a hub checkpoint."""
+    import torch
+    from transformers import LlamaConfig, LlamaForSequenceClassification
+
+    tok = tiny_bundle.tokenizer
+    labels = ["LABEL_NEG", "neutral", "positive", "other"]
+    config = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                         num_attention_heads=2, num_key_value_heads=2, pad_token_id=tok.pad_token_id,
+                         id2label=dict(enumerate(labels)), label2id={l: i for i, l in enumerate(labels)})
+    torch.manual_seed(0)
+    model = LlamaForSequenceClassification(config)
+    folder = tmp_path_factory.mktemp("classifier")
+    model.save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return folder

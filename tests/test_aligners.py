@@ -12,7 +12,7 @@ from valharm.benchmarks.rtp import RealToxicityPrompts
 from valharm.data.instructions import SCHEMAS, load_instructions
 from valharm.errors import ValharmError
 from valharm.models import LoadedModel
-from valharm.prompting import PromptStrategy
+from valharm.prompting import SAFETY, Prompter, PromptStrategy
 from valharm.values import custom, extreme
 
 
@@ -34,19 +34,22 @@ def test_icl_prompt_carries_every_score_and_reaches_every_benchmark(tiny_bundle)
     for name, score in value.as_dict().items():
         assert f"- {name} (" in system and f"): {round(score, 1):g} of 6" in system
     assert "very important" in system and "not important at all" in system
-    strategy = PromptStrategy(system="Be careful.")
-    for benchmark in (PVQ40(), RealToxicityPrompts(num_prompts=2, num_samples=1)):
-        for request in benchmark.requests(tiny_bundle, strategy, system):
-            assert system in request.prompt and "Be careful." in request.prompt
-            assert request.prompt.index(system) < request.prompt.index("Be careful.")  # persona first
+    prompter = Prompter(tiny_bundle, PromptStrategy("safety", safety=True), value, system)
+    for benchmark in (PVQ40(apply_strategy=True), RealToxicityPrompts(num_prompts=2, num_samples=1)):
+        for request in benchmark.requests(prompter):
+            assert system in request.prompt and SAFETY in request.prompt
+            assert request.prompt.index(system) < request.prompt.index(SAFETY)  # persona first
+    for request in PVQ40().requests(prompter):  # the questionnaire keeps the persona, not the mitigation
+        assert system in request.prompt and SAFETY not in request.prompt
 
 
 def test_icl_persona_sits_before_the_instruction_for_plain_models(tiny_bundle):
     plain = LoadedModel("plain", tiny_bundle.model, tiny_bundle.tokenizer, "plain")
     system = persona_prompt(extreme("tradition"))
-    chat = PromptStrategy().chat(plain, "How are you?", system)
+    prompter = Prompter(plain, PromptStrategy(), extreme("tradition"), system)
+    chat = prompter.chat("How are you?")
     assert chat.startswith(plain.bos_text + system + "\n\n### Instruction:\nHow are you?")
-    raw = PromptStrategy().raw(plain, "The old town", system)
+    raw = prompter.raw("The old town")
     assert raw == plain.bos_text + system + "\n\nThe old town"
 
 

@@ -5,8 +5,8 @@ import pytest
 from valharm.benchmarks.pvq40 import PVQ40, answer_distribution, load_items
 from valharm.benchmarks.rtp import RealToxicityPrompts, expected_max_toxicity, load_prompts, toxicity_probability
 from valharm.errors import ValharmError
-from valharm.prompting import PromptStrategy
-from valharm.scoring import Scorer
+from valharm.prompting import Prompter, PromptStrategy
+from valharm.scoring import Scorer, Verdict
 from valharm.values import extreme
 
 
@@ -23,31 +23,44 @@ def test_rtp_prompts_from_the_distributed_csv(shared_data):
 
 
 class CountingScorer(Scorer):
-    id = "counting"
+    kind, task = "counting", "toxicity"
 
     def __init__(self, cache_path=None):
-        super().__init__(cache_path)
+        super().__init__(cache_path, progress=False)
         self.calls = []
 
-    def _score(self, texts):
+    def settings(self):
+        return {"scale": 100}
+
+    def _score(self, texts, done):
         self.calls.append(list(texts))
-        return [len(t) / 100 for t in texts]
+        for i, t in enumerate(texts):
+            done(i, Verdict(len(t) / 100))
+
+
+def values(verdicts):
+    return [v.value for v in verdicts]
 
 
 def test_scores_are_cached_by_scorer_and_text(tmp_path):
     scorer = CountingScorer(tmp_path / "cache.sqlite")
-    assert scorer.score(["ab", "abcd", "ab"]) == [0.02, 0.04, 0.02]
+    assert values(scorer.score(["ab", "abcd", "ab"])) == [0.02, 0.04, 0.02]
     again = CountingScorer(tmp_path / "cache.sqlite")
-    assert again.score(["abcd", "xyz"]) == [0.04, 0.03]
+    assert values(again.score(["abcd", "xyz"])) == [0.04, 0.03]
     assert scorer.calls == [["ab", "abcd"]] and again.calls == [["xyz"]]
+    assert again.counts["cache_hits"] == 1 and again.counts["cache_misses"] == 1
+
+
+def prompter(bundle):
+    return Prompter(bundle, PromptStrategy(), extreme("power"))
 
 
 def test_rtp_evaluate_reduces_k_samples_per_prompt(tiny_bundle):
     bench = RealToxicityPrompts(num_prompts=2, num_samples=2)
-    requests = bench.requests(tiny_bundle, PromptStrategy())  # SmolLM2's tokenizer adds no BOS
+    requests = bench.requests(prompter(tiny_bundle))  # SmolLM2's tokenizer adds no BOS
     assert [r.prompt for r in requests] == bench.prompts and requests[0].num_samples == 2
     outputs = [["x" * 80, "x" * 10], ["x" * 20, ""]]
-    result = bench.evaluate(requests, outputs, extreme("power"), CountingScorer())
+    result = bench.evaluate(requests, outputs, extreme("power"), {"toxicity": CountingScorer()})
     assert result.metrics["expected_max_toxicity"] == pytest.approx(0.5)
     assert result.metrics["toxicity_probability"] == 0.5
     assert result.metrics["empty_generations"] == 1 and len(result.records) == 4
@@ -55,7 +68,7 @@ def test_rtp_evaluate_reduces_k_samples_per_prompt(tiny_bundle):
 
 def test_pvq_counts_unparseable_answers(tiny_bundle):
     bench = PVQ40(scoring="generate")
-    requests = bench.requests(tiny_bundle, PromptStrategy())
+    requests = bench.requests(prompter(tiny_bundle))
     outputs = [["6"] if "Power" == v else ["no idea"] for v in bench.items["value"]]
     result = bench.evaluate(requests, outputs, extreme("power"))
     assert result.metrics["invalid"] == 9 and result.metrics["scores"]["Power"] == 6
@@ -78,7 +91,7 @@ def test_answer_distribution_by_hand():
 def test_pvq_loglik_mode_scores_every_item_and_records_its_mode(tiny_bundle):
     bench = PVQ40()
     assert bench.scoring == "loglik"
-    requests = bench.requests(tiny_bundle, PromptStrategy())
+    requests = bench.requests(prompter(tiny_bundle))
     assert all(r.continuations == ("1", "2", "3", "4", "5", "6") for r in requests)
     sure_six = [math.log(p) for p in (0.01, 0.01, 0.01, 0.01, 0.06, 0.9)]
     sure_two = [math.log(p) for p in (0.3, 0.6, 0.04, 0.03, 0.02, 0.01)]
@@ -101,7 +114,7 @@ def test_loglikelihoods_equal_a_full_forward_pass(tiny_bundle):
 
     answers = ("1", " yes", "not like me at all", "4. Power is important to me.")
     questions = ["Do you like music?", "Name a colour.", "What is the capital of a country you know well and why?"]
-    requests = [LoglikelihoodRequest(str(i), PromptStrategy().chat(tiny_bundle, q), answers)
+    requests = [LoglikelihoodRequest(str(i), prompter(tiny_bundle).chat(q), answers)
                 for i, q in enumerate(questions)]
     ours = HFGenerator(progress=False, batch_size=8).loglikelihood(tiny_bundle.model, tiny_bundle.tokenizer, requests)
     tok = tiny_bundle.tokenizer
@@ -135,6 +148,6 @@ def test_raw_prompts_start_with_bos_for_tokenizers_that_expect_it():
     from valharm.models import LoadedModel
 
     bundle = LoadedModel("llama-like", model=None, tokenizer=BosTokenizer(), prompt_format="plain")
-    request = RealToxicityPrompts(num_prompts=1, num_samples=1).requests(bundle, PromptStrategy())[0]
+    request = RealToxicityPrompts(num_prompts=1, num_samples=1).requests(prompter(bundle))[0]
     assert request.prompt.startswith("<s>When the referee")
     assert bundle.format_prompt("Hi").startswith("<s>### Instruction:")

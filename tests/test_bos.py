@@ -6,7 +6,8 @@ from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from valharm.generation import GenerationRequest, HFGenerator
 from valharm.models import LoadedModel, encode_prompts, prepare_tokenizer
-from valharm.prompting import PromptStrategy
+from valharm.prompting import Prompter, PromptStrategy
+from valharm.values import extreme
 from valharm.training import Example, encode
 
 WORDS = ["Hello", "world", "###", "Instruction:", "Response:", "Say", "hi."]
@@ -47,7 +48,7 @@ def test_training_and_generation_build_prompts_from_the_bos_id(metaspace_tokeniz
     marked = tok.convert_tokens_to_ids("▁###")
     assert encode(bundle, Example("Say hi.", "Hello"), 64)["input_ids"][:2] == [1, marked]
 
-    prompt = PromptStrategy().raw(bundle, "Hello world")
+    prompt = Prompter(bundle, PromptStrategy(), extreme("power")).raw("Hello world")
     ours = HFGenerator(progress=False).generate(bundle.model, tok, [GenerationRequest("a", prompt, 5)])
     ids = torch.tensor([[1, tok.convert_tokens_to_ids("▁Hello"), tok.convert_tokens_to_ids("▁world")]])
     expected = bundle.model.generate(input_ids=ids, max_new_tokens=5, do_sample=False, pad_token_id=2)

@@ -9,7 +9,12 @@ from conftest import ROOT
 from valharm.values import VALUES
 
 CONF = ROOT / "conf"
-GROUPS = ["model", "aligner", "dataset", "value", "prompt_strategy", "generation", "scorer", "trainer", "logger"]
+GROUPS = ["model", "aligner", "dataset", "value", "prompt_strategy", "generation", "scorer", "regard", "judge",
+          "trainer", "logger"]
+LOCAL_STAND_INS = {  # remote backends pointed at what this machine has: keys from the environment, a local classifier
+    ("scorer", "hf_classifier"): ["scorer.model={classifier}", "scorer.positive_label=other"],
+    ("regard", "hf_classifier"): ["regard.model={classifier}", "+regard.label_map.LABEL_NEG=negative"],
+}
 
 
 def options(group: str) -> list[str]:
@@ -22,9 +27,12 @@ def compose_train(*overrides):
 
 
 @pytest.mark.parametrize("group, option", [(g, o) for g in GROUPS for o in options(g)])
-def test_every_option_composes_and_instantiates(group, option, shared_data, monkeypatch):
+def test_every_option_composes_and_instantiates(group, option, shared_data, monkeypatch, tiny_classifier):
     monkeypatch.setenv("VALHARM_DATA_DIR", str(shared_data))
-    cfg = compose_train(f"{group}={option}")
+    monkeypatch.setenv("OPENAI_API_KEY", "test-key")
+    monkeypatch.setenv("PERSPECTIVE_API_KEY", "test-key")
+    extra = [o.format(classifier=tiny_classifier) for o in LOCAL_STAND_INS.get((group, option), [])]
+    cfg = compose_train(f"{group}={option}", *extra)
     if group == "logger":
         from valharm.pipeline import build_tracker
 
@@ -40,7 +48,7 @@ def test_every_option_composes_and_instantiates(group, option, shared_data, monk
 
 def test_benchmark_options_compose():
     cfg = compose_train()
-    assert set(cfg.benchmarks) == {"pvq40", "rtp"}
+    assert set(cfg.benchmarks) == {"pvq40", "rtp", "holisticbiasr", "hexphi", "beavertails"}
     for name in options("benchmark"):
         assert instantiate(cfg.benchmarks[name]).name == name
     assert "rtp" not in compose_train("~benchmark@benchmarks.rtp").benchmarks

@@ -4,16 +4,17 @@ import torch
 from transformers.generation.logits_process import TemperatureLogitsWarper, TopPLogitsWarper
 
 from valharm.generation import GenerationRequest, HFGenerator, nucleus
-from valharm.prompting import PromptStrategy
+from valharm.prompting import Prompter, PromptStrategy
+from valharm.values import extreme
 
 QUESTIONS = ["Do you like music?", "Name a colour.", "What is the capital of a country you know well and why?",
              "Say something kind.", "Count to three.", "Which season do you prefer, and what do you do then?"]
 
 
 def greedy_requests(bundle, max_new_tokens=12):
-    strategy = PromptStrategy()
-    chat = [strategy.chat(bundle, q) for q in QUESTIONS]
-    raw = [strategy.raw(bundle, q) for q in QUESTIONS[:3]]  # no shared chat template
+    prompter = Prompter(bundle, PromptStrategy(), extreme("power"))
+    chat = [prompter.chat(q) for q in QUESTIONS]
+    raw = [prompter.raw(q) for q in QUESTIONS[:3]]  # no shared chat template
     return [GenerationRequest(f"r{i}", p, max_new_tokens=max_new_tokens) for i, p in enumerate(chat + raw)]
 
 
@@ -95,7 +96,7 @@ def sampled(bundle, requests, seed=0, **options):
 
 
 def test_k_samples_come_from_one_encoding_and_equal_k_copies(tiny_bundle):
-    prompt = PromptStrategy().raw(tiny_bundle, "The weather today is")
+    prompt = Prompter(tiny_bundle, PromptStrategy(), extreme("power")).raw("The weather today is")
     settings = {"max_new_tokens": 10, "temperature": 0.9, "top_p": 0.9}
     once = sampled(tiny_bundle, [GenerationRequest("a", prompt, num_samples=4, **settings)])
     copies = sampled(tiny_bundle, [GenerationRequest(f"c{i}", prompt, **settings) for i in range(4)])
@@ -105,7 +106,7 @@ def test_k_samples_come_from_one_encoding_and_equal_k_copies(tiny_bundle):
 
 
 def test_sampling_is_seeded(tiny_bundle):
-    request = [GenerationRequest("a", PromptStrategy().raw(tiny_bundle, "Once upon a time"), max_new_tokens=10,
+    request = [GenerationRequest("a", Prompter(tiny_bundle, PromptStrategy(), extreme("power")).raw("Once upon a time"), max_new_tokens=10,
                                  temperature=1.0, top_p=0.9, num_samples=3)]
     assert sampled(tiny_bundle, request, seed=1) == sampled(tiny_bundle, request, seed=1)
     assert sampled(tiny_bundle, request, seed=1) != sampled(tiny_bundle, request, seed=2)

@@ -120,7 +120,7 @@ class OpenAIJudge(Judge):
             if text is None:
                 return None, "the reply has no message content", self._attempts.count
             return text, None, self._attempts.count
-        except openai.APIError as err:  # retries exhausted, or an error the client does not retry
+        except (openai.APIError, ValueError) as err:  # retries exhausted, an error not retried, or a non-JSON body
             return None, f"{type(err).__name__}: {str(err)[:200]}", self._attempts.count
 
     def complete(self, conversations, reply, rubric=None):
