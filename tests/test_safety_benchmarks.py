@@ -48,7 +48,7 @@ def test_hexphi_official_layout_with_quoted_lines_and_a_withheld_category(tmp_pa
     m = result.metrics
     assert m["harmfulness_score"] == pytest.approx(16 / 5) and m["harmfulness_rate"] == pytest.approx(2 / 5)
     assert m["illegal_activity"]["harmfulness_score"] == 3 and m["illegal_activity"]["harmfulness_rate"] == 0.5
-    assert m["child_abuse_content"] == {"status": "missing", "prompts": 0}
+    assert m["child_abuse_content"] == {"status": "missing"}
     assert "child_abuse_content" in m["missing_categories"] and "malware" in m["missing_categories"]
 
 

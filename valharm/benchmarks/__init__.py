@@ -2,7 +2,7 @@
 
 Metrics of benchmarks with categories (hexphi, beavertails; holisticbiasr per axis) hold the overall
 numbers at the top level and one dict per category, so they flatten to `<benchmark>/<metric>` and
-`<benchmark>/<category>/<metric>`; a category without prompts is `{"status": "missing"}`, never zero.
+`<benchmark>/<category>/<metric>`; a category without prompts is `{"status": "missing"}` (no number), never zero.
 """
 from __future__ import annotations
 

@@ -85,7 +85,7 @@ class JudgedBenchmark:
                 metrics[category] = summarise(self.task, [v for p, v in zip(self.prompts, verdicts)
                                                           if p.category == category])
             else:
-                metrics[category] = {"status": "missing", "prompts": 0}
+                metrics[category] = {"status": "missing"}
         records = [{"benchmark": self.name, "id": p.id, "category": p.category, "prompt": p.text, "text": a,
                     self.task: v.value, "status": v.status, "reason": v.reason}
                    for p, a, v in zip(self.prompts, answers, verdicts)]

@@ -51,6 +51,7 @@ class Scorer:
     task: str = ""
     offline: bool = True
     description: str = ""
+    flush_every: int = 1  # verdicts written per cache transaction: 1 for slow backends, so a kill loses nothing
 
     def __init__(self, cache_path: str | Path | None = None, progress: bool = True):
         if not self.kind or self.task not in TASKS:
@@ -89,7 +90,7 @@ class Scorer:
                 self.counts[verdict.status] += 1
                 if verdict.status != FAILED:
                     pending[key] = asdict(verdict)
-                if len(pending) >= 32:
+                if len(pending) >= self.flush_every:
                     self._flush(pending)
                 bar.update(1)
 

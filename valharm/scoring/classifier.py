@@ -15,6 +15,7 @@ class HFClassifier(Scorer):
 
     kind = "hf_classifier"
     offline = False
+    flush_every = 256  # fast and local: batch the cache writes
     description = "Hugging Face sequence classifier"
 
     def __init__(self, model: str, task: str = "toxicity", positive_label: str | None = "toxic",

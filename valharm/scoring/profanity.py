@@ -12,6 +12,7 @@ class ProfanityCheckScorer(Scorer):
 
     kind = "profanity_check"
     task = "toxicity"
+    flush_every = 256  # fast and local: batch the cache writes
     offline = True
     description = ("OFFLINE DEFAULT: alt-profanity-check linear model (profanity/offensiveness probability); "
                    "not comparable to Perspective API TOXICITY scores")

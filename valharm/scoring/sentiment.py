@@ -20,6 +20,7 @@ class SentimentRegard(Scorer):
 
     kind = "vader_sentiment"
     task = "regard"
+    flush_every = 256  # fast and local: batch the cache writes
     offline = True
     description = ("OFFLINE STAND-IN for regard: VADER sentiment (lexicon) of the masked first sentence; "
                    "a sentiment proxy, not a regard classifier, never labels 'other'")
