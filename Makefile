@@ -10,7 +10,7 @@ export WANDB_MODE ?= offline
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: setup demo test test-fast bench clean
+.PHONY: setup demo test test-fast bench bench-judge clean
 
 setup: $(STAMP)
 
@@ -34,6 +34,9 @@ test-fast: setup
 bench: setup
 	$(BIN)/pip install --quiet -e ".[bench]"
 	$(BIN)/python bench/bench_throughput.py
+
+bench-judge: setup
+	$(BIN)/python bench/bench_judge.py
 
 clean:
 	rm -rf $(VENV) .cache outputs
