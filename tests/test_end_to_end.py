@@ -7,14 +7,17 @@ import pytest
 from conftest import run_cli
 from wandb_log import run_record, summary
 
+ONLY_PVQ = ["~benchmark@benchmarks.holisticbiasr", "~benchmark@benchmarks.hexphi", "~benchmark@benchmarks.beavertails"]
 FAST = ["model=tiny", "aligner.training.epochs=1", "aligner.training.lr=0.01", "benchmarks.rtp.num_samples=2", "benchmarks.rtp.num_prompts=4",
-        "generation.progress=false", "trainer.enable_progress_bar=false"]
+        "generation.progress=false", "trainer.enable_progress_bar=false", "benchmarks.holisticbiasr.limit=8",
+        "benchmarks.holisticbiasr.resamples=999", "benchmarks.hexphi.per_category=1",
+        "benchmarks.beavertails.per_category=1"]
 
 
 @pytest.fixture(scope="module")
 def sweep(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("sweep")
-    out = run_cli("valharm.train", "-m", "aligner=vim", "value=power,hedonism", *FAST,
+    out = run_cli("valharm.train", "-m", "aligner=vim", "value=power,hedonism", *FAST, f"paths.cache_dir={workdir}/cache",
                   f"hydra.sweep.dir={workdir}/multirun", cwd=workdir)
     assert out.returncode == 0, out.stderr[-3000:]
     return workdir / "multirun"
@@ -34,7 +37,8 @@ def test_multirun_writes_one_run_dir_per_value(sweep):
     assert results[1]["value"]["scores"]["Hedonism"] == 6 and results[1]["value"]["scores"]["Power"] == 1
     for d, r in zip(dirs, results):
         assert r["aligner"] == "vim" and r["model"] == "tiny" and r["value"]["coding"] == "importance"
-        assert r["scorer"]["offline"] and "OFFLINE" in r["scorer"]["description"]
+        assert all(s["offline"] for s in r["scoring"].values())
+        assert "OFFLINE" in next(s for s in r["scoring"].values() if s["role"] == "toxicity")["description"]
         assert {path: p["precision"] for path, p in r["precision"].items()} == {"training": "fp32", "generation": "fp32"}
         assert r["training"]["argument_generation"]["precision"] == "32-true"
         assert r["hardware"]["cpu_capability"] and r["hardware"]["torch_threads"] >= 1
@@ -52,7 +56,7 @@ def test_multirun_writes_one_run_dir_per_value(sweep):
         assert (d / "adapter" / "adapter_model.safetensors").is_file()
         assert not (d / "adapter" / "model.safetensors").exists()
         lines = (d / "generations.jsonl").read_text().splitlines()
-        assert len(lines) == 10 + 4 * 2
+        assert len(lines) == 10 + 4 * 2 + 8 + 10 + 14  # pvq40, rtp, holisticbiasr, hexphi, beavertails
 
 
 @pytest.mark.slow
@@ -78,7 +82,7 @@ def test_rerun_skips_finished_jobs(sweep):
     first = run_dirs(sweep)[0]
     before = (first / "results.json").read_text()
     out = run_cli("valharm.train", f"hydra.run.dir={first}", *FAST, "value=power", "logger=none", cwd=sweep)
-    assert out.returncode == 0 and "skipping finished job" in out.stdout
+    assert out.returncode == 0 and "is finished with this config and code; skipping it" in out.stdout
     assert (first / "results.json").read_text() == before
 
 
@@ -92,7 +96,7 @@ def pvq_answers(run_dir: Path) -> list[list[float]]:
 @pytest.mark.slow
 def test_evaluate_an_adapter_dir_alone(sweep, tmp_path):
     trained_dir = run_dirs(sweep)[1]
-    common = ["~benchmark@benchmarks.rtp", "logger=none", "generation.progress=false"]
+    common = ["~benchmark@benchmarks.rtp", "logger=none", "generation.progress=false", *ONLY_PVQ]
     out = run_cli("valharm.evaluate", f"adapter_dir={trained_dir / 'adapter'}", *common,
                   f"hydra.run.dir={tmp_path}/eval", cwd=tmp_path)
     assert out.returncode == 0, out.stderr[-3000:]
@@ -150,7 +154,8 @@ def test_bad_input_fails_cleanly_and_keeps_earlier_results(case, tmp_path):
 
 
 REFERENCE = ["model=tiny", "benchmarks.rtp.num_samples=2", "benchmarks.rtp.num_prompts=2", "generation.progress=false",
-             "trainer.enable_progress_bar=false", "logger=none"]
+             "trainer.enable_progress_bar=false", "logger=none", "benchmarks.holisticbiasr.limit=4",
+             "benchmarks.hexphi.limit=2", "benchmarks.beavertails.limit=2", "benchmarks.holisticbiasr.resamples=99"]
 
 
 @pytest.mark.slow

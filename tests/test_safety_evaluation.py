@@ -22,6 +22,11 @@ SMALL = ["model=tiny", "generation.progress=false", "benchmarks.rtp.num_prompts=
 KEY = "sk-planted-secret-9b1f2e7c"
 
 
+def fresh_caches(tmp_path) -> str:
+    """Generation and score caches of this test only (the converted model stays in the shared cache)."""
+    return f"paths.cache_dir={tmp_path}/cache"
+
+
 def openai_judge(server) -> list[str]:
     return ["judge=openai", f"judge.base_url={server.url}/v1", "judge.model=fake-judge", "judge.max_concurrency=2",
             "judge.timeout=5"]
@@ -29,8 +34,8 @@ def openai_judge(server) -> list[str]:
 
 @pytest.mark.slow
 def test_offline_evaluation_of_all_five_benchmarks(tmp_path):
-    out = run_cli("valharm.evaluate", *SMALL, f"hydra.run.dir={tmp_path}/run", cwd=tmp_path,
-                  env={"VALHARM_CACHE_DIR": str(tmp_path / "cache")})
+    out = run_cli("valharm.evaluate", fresh_caches(tmp_path), *SMALL, f"hydra.run.dir={tmp_path}/run", cwd=tmp_path,
+                  env={})
     assert out.returncode == 0, out.stderr[-3000:]
     results = json.loads((tmp_path / "run" / "results.json").read_text())
     metrics = results["metrics"]
@@ -69,8 +74,8 @@ def adapter(tmp_path_factory, tiny_bundle):
 def test_four_strategies_on_one_adapter_regenerate_only_what_differs_and_score_nothing_twice(tmp_path, adapter):
     with FakeServer(FaultyJudge()) as server:
         out = run_cli("valharm.evaluate", "-m", f"adapter_dir={adapter}", "prompt_strategy=input_only,safety,value,dual",
-                      *SMALL, *openai_judge(server), "logger=none", f"hydra.sweep.dir={tmp_path}/sweep", cwd=tmp_path,
-                      env={"VALHARM_CACHE_DIR": str(tmp_path / "cache"), "OPENAI_API_KEY": KEY})
+                      fresh_caches(tmp_path), *SMALL, *openai_judge(server), "logger=none", f"hydra.sweep.dir={tmp_path}/sweep", cwd=tmp_path,
+                      env={"OPENAI_API_KEY": KEY})
     assert out.returncode == 0, out.stderr[-3000:]
     runs = [json.loads(p.read_text()) for p in sorted((tmp_path / "sweep").glob("*/results.json"))]
     assert [r["prompt_strategy"] for r in runs] == ["input_only", "safety", "value", "dual"]
@@ -98,9 +103,9 @@ def count_rows(path: Path) -> int:
 
 @pytest.mark.slow
 def test_an_evaluation_killed_while_judging_resumes_without_redoing_items(tmp_path):
-    env = {"VALHARM_CACHE_DIR": str(tmp_path / "cache"), "OPENAI_API_KEY": KEY}
+    env = {"OPENAI_API_KEY": KEY}
     with FakeServer(FaultyJudge(), latency=0.3) as server:
-        args = [sys.executable, "-m", "valharm.evaluate", *SMALL, *openai_judge(server), "logger=none",
+        args = [sys.executable, "-m", "valharm.evaluate", fresh_caches(tmp_path), *SMALL, *openai_judge(server), "logger=none",
                 f"hydra.run.dir={tmp_path}/run"]
         process = subprocess.Popen(args, cwd=tmp_path, env={**os.environ, **env}, stdout=subprocess.DEVNULL,
                                    stderr=subprocess.DEVNULL)
@@ -111,7 +116,7 @@ def test_an_evaluation_killed_while_judging_resumes_without_redoing_items(tmp_pa
         process.wait()
         before = len(server.requests)
         assert 6 <= before < 24 and not (tmp_path / "run" / "results.json").exists()
-        out = run_cli("valharm.evaluate", *SMALL, *openai_judge(server), "logger=none",
+        out = run_cli("valharm.evaluate", fresh_caches(tmp_path), *SMALL, *openai_judge(server), "logger=none",
                       f"hydra.run.dir={tmp_path}/run", cwd=tmp_path, env=env)
     assert out.returncode == 0, out.stderr[-3000:]
     results = json.loads((tmp_path / "run" / "results.json").read_text())
@@ -152,9 +157,9 @@ def test_generation_interrupted_between_batches_keeps_finished_batches(tmp_path,
 
 @pytest.mark.slow
 def test_api_keys_never_reach_any_file_a_run_writes(tmp_path):
-    env = {"VALHARM_CACHE_DIR": str(tmp_path / "cache"), "OPENAI_API_KEY": KEY, "PERSPECTIVE_API_KEY": KEY}
+    env = {"OPENAI_API_KEY": KEY, "PERSPECTIVE_API_KEY": KEY}
     with FakeServer(FaultyJudge(fault_rate=0.3, seed=1, kinds=("429", "500", "garbage"))) as server:
-        out = run_cli("valharm.evaluate", *SMALL, *openai_judge(server), "regard=judge",
+        out = run_cli("valharm.evaluate", fresh_caches(tmp_path), *SMALL, *openai_judge(server), "regard=judge",
                       f"hydra.run.dir={tmp_path}/run", cwd=tmp_path, env=env)
     assert out.returncode == 0, out.stderr[-3000:]
     assert all(r["headers"]["authorization"] == f"Bearer {KEY}" for r in server.requests)  # it was used
@@ -167,8 +172,8 @@ def test_api_keys_never_reach_any_file_a_run_writes(tmp_path):
 
 @pytest.mark.slow
 def test_finished_runs_are_skipped_only_with_the_same_resolved_config(tmp_path):
-    env = {"VALHARM_CACHE_DIR": str(tmp_path / "cache")}
-    base = ["model=tiny", "generation.progress=false", "benchmarks.rtp.num_prompts=2", "benchmarks.rtp.num_samples=1",
+    env = {}
+    base = [fresh_caches(tmp_path), "model=tiny", "generation.progress=false", "benchmarks.rtp.num_prompts=2", "benchmarks.rtp.num_samples=1",
             "~benchmark@benchmarks.holisticbiasr", "~benchmark@benchmarks.hexphi", "~benchmark@benchmarks.beavertails",
             "logger=none", f"hydra.run.dir={tmp_path}/run"]
     first = run_cli("valharm.evaluate", *base, cwd=tmp_path, env=env)

@@ -30,7 +30,9 @@ from valharm.tracking import flatten
 ADAPTER_ORIGIN = "valharm.yaml"  # written next to a trained adapter: aligner, model and value configs
 PACKAGES = ("valharm", "torch", "transformers", "peft", "lightning", "hydra-core", "wandb", "alt-profanity-check",
             "vaderSentiment", "openai")
-NOT_FINGERPRINTED = ("skip_finished", "paths")  # where things are kept, not what is computed
+# where things are kept and how they show, not what is computed: top-level keys, and leaf keys at any depth
+NOT_FINGERPRINTED = ("skip_finished", "paths", "logger", "cache")
+NOT_FINGERPRINTED_LEAVES = ("progress", "cache_path")
 
 
 def short_dirname(overrides: str, limit: int = 80) -> str:
@@ -100,16 +102,20 @@ def code_version() -> str:
     return f"{version('valharm')}+{digest(sources)[:12]}"
 
 
+def computed(config: dict) -> dict:
+    """The flattened settings that decide what a run computes."""
+    return {k: v for k, v in flatten(config).items()
+            if k.split("/")[0] not in NOT_FINGERPRINTED and k.split("/")[-1] not in NOT_FINGERPRINTED_LEAVES}
+
+
 def fingerprint(config: dict) -> str:
     """The hash that decides whether a finished run can be skipped: resolved config + code version."""
-    kept = {k: v for k, v in config.items() if k not in NOT_FINGERPRINTED}
-    return digest({"config": kept, "code": code_version()})
+    return digest({"config": computed(config), "code": code_version()})
 
 
 def changed_keys(old: dict, new: dict, limit: int = 6) -> list[str]:
-    old, new = flatten(old), flatten(new)
-    keys = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k)
-                  and k.split("/")[0] not in NOT_FINGERPRINTED)
+    old, new = computed(old), computed(new)
+    keys = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
     return keys[:limit] + (["..."] if len(keys) > limit else [])
 
 
