@@ -12,7 +12,7 @@ import csv
 import re
 from pathlib import Path
 
-from valharm.benchmarks.judged import JudgedBenchmark, Prompt, limit_per_category
+from valharm.benchmarks.judged import JudgedBenchmark, Prompt
 from valharm.data import SAMPLES_DIR, read_table
 from valharm.errors import ValharmError
 
@@ -97,9 +97,4 @@ class HExPHI(JudgedBenchmark):
     task = "harmfulness"
     categories = CATEGORIES
 
-    def __init__(self, path: str | None = None, hub_id: str | None = None, per_category: int | None = None,
-                 limit: int | None = None, framing: str = "QUESTION: {prompt}\nANSWER: ", use_chat_template: bool = False,
-                 max_new_tokens: int = 64, temperature: float = 0.1, top_p: float = 0.75):
-        prompts, source = load_prompts(path, hub_id)
-        super().__init__(limit_per_category(prompts, per_category, limit), source, not path and not hub_id,
-                         framing, use_chat_template, max_new_tokens, temperature, top_p)
+    load = staticmethod(load_prompts)

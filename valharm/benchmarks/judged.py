@@ -47,7 +47,8 @@ class JudgedBenchmark:
     """An answer to each prompt, a judge's verdict on each (question, answer) pair, metrics per category.
 
     Subclasses set `name`, `task` (the judge rubric), `categories` (every category of the full benchmark,
-    in order) and build `self.prompts`; categories without prompts are reported as missing.
+    in order) and `load`; categories without prompts are reported as missing. Defaults: the study's
+    settings (QUESTION/ANSWER framing continued as raw text, T=0.1, top-p 0.75, 64 tokens).
     """
 
     name = ""
@@ -55,16 +56,24 @@ class JudgedBenchmark:
     task = ""
     categories: tuple[str, ...] = ()
 
-    def __init__(self, prompts: list[Prompt], source: str, shipped_sample: bool, framing: str = "{prompt}",
-                 use_chat_template: bool = False, max_new_tokens: int = 64, temperature: float = 0.0,
-                 top_p: float = 1.0):
+    def __init__(self, path: str | None = None, hub_id: str | None = None, per_category: int | None = None,
+                 limit: int | None = None, framing: str = "QUESTION: {prompt}\nANSWER: ",
+                 use_chat_template: bool = False, max_new_tokens: int = 64, temperature: float = 0.1,
+                 top_p: float = 0.75):
+        prompts, source = self.load(path, hub_id)
+        prompts = limit_per_category(prompts, per_category, limit)
         if not prompts:
             raise ValharmError(f"{self.name}: no prompts in {source} after limits; check the path and the limits")
         if "{prompt}" not in framing:
             raise ValharmError(f"benchmarks.{self.name}.framing must contain {{prompt}}, got {framing!r}")
-        self.prompts, self.source, self.shipped_sample = prompts, source, shipped_sample
+        self.prompts, self.source, self.shipped_sample = prompts, source, not path and not hub_id
         self.framing, self.use_chat_template = framing, use_chat_template
         self.max_new_tokens, self.temperature, self.top_p = max_new_tokens, temperature, top_p
+
+    @staticmethod
+    def load(path: str | None, hub_id: str | None) -> tuple[list[Prompt], str]:
+        """(prompts, where they came from); each benchmark reads its own formats."""
+        raise NotImplementedError
 
     def requests(self, prompter):
         """Each prompt in `framing`, continued as raw text (the study) or sent as a chat message."""
