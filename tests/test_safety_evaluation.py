@@ -97,8 +97,34 @@ def test_four_strategies_on_one_adapter_regenerate_only_what_differs_and_score_n
 def count_rows(path: Path) -> int:
     if not path.exists():
         return 0
-    with sqlite3.connect(path, timeout=30) as db:
-        return db.execute("SELECT COUNT(*) FROM entries").fetchone()[0]
+    try:
+        with sqlite3.connect(path, timeout=30) as db:
+            return db.execute("SELECT COUNT(*) FROM entries").fetchone()[0]
+    except sqlite3.OperationalError:  # the table is not created yet
+        return 0
+
+
+@pytest.mark.slow
+def test_an_evaluation_killed_while_generating_resumes_from_the_finished_batches(tmp_path, shared_data):
+    many = ["model=tiny", "generation.progress=false", "generation.batch_size=4", "benchmarks.rtp.num_prompts=60",
+            f"benchmarks.rtp.path={shared_data / 'real_toxic_prompts.csv'}",
+            "benchmarks.rtp.num_samples=4", "benchmarks.rtp.max_new_tokens=48", "~benchmark@benchmarks.pvq40",
+            "~benchmark@benchmarks.holisticbiasr", "~benchmark@benchmarks.hexphi", "~benchmark@benchmarks.beavertails",
+            "logger=none", fresh_caches(tmp_path), f"hydra.run.dir={tmp_path}/run"]
+    store = tmp_path / "cache" / "generations.sqlite"
+    process = subprocess.Popen([sys.executable, "-m", "valharm.evaluate", *many], cwd=tmp_path, env=os.environ.copy(),
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while count_rows(store) < 3 and time.time() < deadline and process.poll() is None:
+        time.sleep(0.02)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    kept = count_rows(store)
+    assert 3 <= kept < 60 and not (tmp_path / "run" / "results.json").exists()
+    out = run_cli("valharm.evaluate", *many, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    counts = json.loads((tmp_path / "run" / "results.json").read_text())["generation_cache"]["rtp"]
+    assert counts == {"hits": kept, "misses": 60 - kept}
 
 
 @pytest.mark.slow

@@ -17,6 +17,13 @@ def flatten(data: dict, prefix: str = "", sep: str = "/") -> dict:
     return flat
 
 
+def sample_per_benchmark(records: list[dict], total: int) -> list[dict]:
+    """The first records of every benchmark, `total` in all (shared evenly), so each benchmark shows."""
+    names = list(dict.fromkeys(r.get("benchmark") for r in records))
+    each = max(1, total // max(1, len(names)))
+    return [r for name in names for r in [r for r in records if r.get("benchmark") == name][:each]]
+
+
 class NoTracker:
     """logger=none: nothing is tracked (results.json is still written)."""
 
@@ -62,12 +69,15 @@ class WandbTracker(NoTracker):
     def log_results(self, results, records):
         import wandb
 
-        logged = {**flatten(results.get("metrics", {})), **flatten({"timing": results.get("timing", {})})}
+        counts = {f"scoring/{s['task']}/{key}": n for s in (results.get("scoring") or {}).values()
+                  for key, n in s["counts"].items()}
+        logged = {**flatten(results.get("metrics", {})), **flatten({"timing": results.get("timing", {})}),
+                  **flatten({"generation_cache": results.get("generation_cache", {})}), **counts}
         numbers = {k: v for k, v in logged.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
         self.run.summary.update(numbers)
         if records:
             columns = sorted({k for r in records for k in r})
-            rows = [[str(r.get(c, "")) for c in columns] for r in records[: self.table_rows]]
+            rows = [[str(r.get(c, "")) for c in columns] for r in sample_per_benchmark(records, self.table_rows)]
             self.run.log({"generations": wandb.Table(columns=columns, data=rows)})
 
     def record(self):
