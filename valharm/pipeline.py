@@ -98,7 +98,8 @@ def build_tracker(logger_cfg: DictConfig | None):
 def code_version() -> str:
     """valharm's version and a digest of its source files: results of other code are not reused."""
     package = Path(__file__).parent
-    sources = {str(p.relative_to(package)): p.read_bytes().hex() for p in sorted(package.rglob("*.py"))}
+    sources = {str(p.relative_to(package)): hashlib.sha256(p.read_bytes()).hexdigest()
+               for p in sorted(package.rglob("*.py"))}
     return f"{version('valharm')}+{digest(sources)[:12]}"
 
 
