@@ -105,10 +105,19 @@ class FaultyJudge:
         return 200, {}, completion(judge_reply(body))
 
 
+def google_error(code: int, message: str, error_type: str | None = None, reason: str | None = None) -> dict:
+    details = [{"@type": "type.googleapis.com/google.commentanalyzer.v1alpha1.Error", "errorType": error_type}
+               ] if error_type else [{"@type": "type.googleapis.com/google.rpc.ErrorInfo", "reason": reason}]
+    return {"error": {"code": code, "message": message, "status": "INVALID_ARGUMENT", "details": details}}
+
+
 def perspective_answer(body):
     text = body["comment"]["text"]
     if not text.strip():
-        return 400, {}, {"error": {"code": 400, "message": "Comment must be non-empty."}}
+        return 400, {}, google_error(400, "Comment must be non-empty.", "COMMENT_EMPTY")
+    if "¿" in text:
+        return 400, {}, google_error(400, "Attribute TOXICITY does not support request languages: xx",
+                                     "LANGUAGE_NOT_SUPPORTED_BY_ATTRIBUTE")
     score = min(1.0, 0.1 * len(re.findall(r"\bdamn\b", text)))
     return 200, {}, {"attributeScores": {"TOXICITY": {"summaryScore": {"value": score, "type": "PROBABILITY"}}},
                      "languages": ["en"]}

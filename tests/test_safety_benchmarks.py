@@ -118,7 +118,9 @@ def test_first_sentence(text, sentence):
 def test_holisticbias_noun_phrases_from_the_real_files(shared_data):
     phrases = noun_phrases(shared_data / "holistic_bias_v1.1")
     kinds = {k: sum(p.kind == k for p in phrases) for k in ("noun", "descriptor_noun", "noun_descriptor", "fixed_phrase")}
-    assert kinds == {"noun": 32, "descriptor_noun": 18308, "noun_descriptor": 3008, "fixed_phrase": 98}
+    # 98 fixed phrases in the file, one ("a Rasta") listed twice
+    assert kinds == {"noun": 32, "descriptor_noun": 18308, "noun_descriptor": 3008, "fixed_phrase": 97}
+    assert len(set(phrases)) == len(phrases)
     female_only = [p for p in phrases if p.descriptor == "female"]
     assert female_only and all(p.text.split()[-1] in ("woman", "lady", "gal", "girl", "mother", "mom", "daughter",
                                                       "wife", "grandmother", "grandma", "sister", "sista")
@@ -176,6 +178,22 @@ def test_holisticbiasr_metrics_per_axis(tiny_bundle):
     for axis in axes:
         rows = [label == "negative" for p, label in zip(bench.prompts, labels) if p.axis == axis]
         assert m[axis]["negative_regard_rate"] == pytest.approx(np.mean(rows))
+    for axis in set(bench.axes) - axes:  # in the benchmark, not in this subset: missing, not zero
+        assert m[axis] == {"status": "missing"}
+
+
+def test_holisticbiasr_without_a_valid_verdict_reports_counts_not_a_crash():
+    bench = HolisticBiasR(limit=4, resamples=99)
+
+    class Broken:
+        id = "broken"
+
+        def score(self, texts, desc=None):
+            return [Verdict.failed("server down")] * len(texts)
+
+    m = bench.evaluate(None, [[" was."]] * 4, None, {"regard": Broken()}).metrics
+    assert m["negative_regard_rate"] is None and m["bias_score"] is None and m["failed"] == 4
+    assert all(m[axis] == {"status": "missing"} for axis in bench.axes)
 
 
 def test_strategies_compose_with_persona_and_both_prompt_formats(tiny_bundle):

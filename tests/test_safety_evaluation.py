@@ -215,3 +215,38 @@ def test_finished_runs_are_skipped_only_with_the_same_resolved_config(tmp_path):
     assert redone["generation_cache"]["rtp"] == {"hits": 2, "misses": 0}  # nothing regenerated
     assert json.loads((tmp_path / "run" / "results.previous.json").read_text())["config"]["benchmarks"]["rtp"][
         "threshold"] == 0.5
+
+
+@pytest.mark.slow
+def test_a_run_with_failed_items_is_not_finished_until_they_are_scored(tmp_path):
+    only_hexphi = [fresh_caches(tmp_path), "model=tiny", "generation.progress=false", "benchmarks.hexphi.per_category=1",
+                   "~benchmark@benchmarks.pvq40", "~benchmark@benchmarks.rtp", "~benchmark@benchmarks.holisticbiasr",
+                   "~benchmark@benchmarks.beavertails", "logger=none", "judge.max_retries=1",
+                   f"hydra.run.dir={tmp_path}/run"]
+    env = {"OPENAI_API_KEY": KEY}
+    results = tmp_path / "run" / "results.json"
+    judge = FaultyJudge()
+    state = {"up": False}
+
+    def answer(body):
+        return judge(body) if state["up"] else (503, {"retry-after-ms": "1"}, {"error": {"message": "down"}})
+
+    with FakeServer(answer) as server:
+        out = run_cli("valharm.evaluate", *only_hexphi, *openai_judge(server), cwd=tmp_path, env=env)
+        assert out.returncode == 0, out.stderr[-3000:]
+        first = json.loads(results.read_text())
+        assert first["metrics"]["hexphi"]["failed"] == 10 and first["metrics"]["hexphi"]["harmfulness_score"] is None
+        state["up"], calls_down = True, len(server.requests)
+        again = run_cli("valharm.evaluate", *only_hexphi, *openai_judge(server), cwd=tmp_path, env=env)
+        assert "10 item(s) failed to score" in again.stdout and len(server.requests) == calls_down + 10
+        assert json.loads(results.read_text())["metrics"]["hexphi"]["scored"] == 10
+        done = run_cli("valharm.evaluate", *only_hexphi, *openai_judge(server), cwd=tmp_path, env=env)
+    assert "skipping it" in done.stdout and len(server.requests) == calls_down + 10
+
+
+def test_the_fingerprint_covers_the_evaluated_adapters_weights():
+    from valharm.pipeline import fingerprint
+
+    config = {"model": {"name": "tiny"}, "adapter_dir": "/runs/a/adapter", "paths": {"cache_dir": "/x"}}
+    assert fingerprint(config, "weights-1") != fingerprint(config, "weights-2")
+    assert fingerprint(config, "weights-1") == fingerprint({**config, "paths": {"cache_dir": "/y"}}, "weights-1")

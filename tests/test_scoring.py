@@ -5,7 +5,7 @@ import multiprocessing
 
 import pytest
 
-from fake_servers import FakeServer, FaultyJudge, completion, expected_score, perspective_answer
+from fake_servers import FakeServer, FaultyJudge, expected_score, google_error, perspective_answer
 from valharm.caching import Cache
 from valharm.errors import ValharmError
 from valharm.scoring import Scorer, Verdict
@@ -63,6 +63,9 @@ def test_cache_takes_writes_from_several_processes_at_once(tmp_path):
     ("Score: 6", None, "invalid"),
     ("Score: 2\nScore: 5", None, "invalid"),  # two answers: never guessed
     ("I think it is a 3.", None, "invalid"),
+    ("Score: 1-2", None, "invalid"),
+    ("**Score**: 4", 4, "ok"),
+    ("Score: 4/5", 4, "ok"),
 ])
 def test_harmfulness_replies_are_parsed_strictly(reply, value, status):
     verdict = RUBRICS["harmfulness"].parse(reply)
@@ -72,6 +75,8 @@ def test_harmfulness_replies_are_parsed_strictly(reply, value, status):
 def test_flagging_and_regard_parsers():
     assert RUBRICS["flagging"].parse("Reason: gives steps.\nVerdict: Flagged").value == "flagged"
     assert RUBRICS["flagging"].parse("Verdict: harmful").status == "invalid"
+    assert RUBRICS["flagging"].parse("Verdict: flagged/unflagged").status == "invalid"  # the template echoed
+    assert RUBRICS["regard"].parse("Regard: negative-ish").status == "invalid"
     assert RUBRICS["regard"].parse("Reason: x\nRegard: other").value == "other"
     assert RUBRICS["regard"].parse("Regard: very bad").status == "invalid"
 
@@ -143,12 +148,23 @@ def test_perspective_scorer_speaks_its_protocol_with_the_key_in_a_header(monkeyp
     with FakeServer(perspective_answer) as server:
         scorer = PerspectiveScorer(api_key_env="PERSPECTIVE_TEST_KEY", url=f"{server.url}/v1alpha1/comments:analyze",
                                    requests_per_second=0, progress=False)
-        verdicts = scorer.score(["damn damn", "hello", "  "])
-    assert [v.value for v in verdicts] == [pytest.approx(0.2), 0.0, None]
-    assert verdicts[2].status == "invalid"
+        verdicts = scorer.score(["damn damn", "hello", "  ", "¿qué tal?"])
+    assert [v.value for v in verdicts] == [pytest.approx(0.2), 0.0, None, None]
+    assert verdicts[2].status == verdicts[3].status == "invalid" and "LANGUAGE" in verdicts[3].reason
     body = server.requests[0]["body"]
     assert body["requestedAttributes"] == {"TOXICITY": {}} and body["languages"] == ["en"] and body["doNotStore"]
     assert all(KEY not in r["path"] and r["headers"]["x-goog-api-key"] == KEY for r in server.requests)
+
+
+def test_perspective_bad_key_fails_items_and_caches_nothing(monkeypatch, tmp_path):
+    monkeypatch.setenv("PERSPECTIVE_TEST_KEY", "wrong")
+    bad_key = google_error(400, "API key not valid. Please pass a valid API key.", reason="API_KEY_INVALID")
+    with FakeServer(lambda body: (400, {}, bad_key)) as server:
+        scorer = PerspectiveScorer(api_key_env="PERSPECTIVE_TEST_KEY", url=f"{server.url}/analyze",
+                                   requests_per_second=0, cache_path=tmp_path / "s.sqlite", progress=False)
+        verdicts = scorer.score(["hello", "there"])
+    assert [v.status for v in verdicts] == ["failed", "failed"]
+    assert Cache(tmp_path / "s.sqlite").count(scorer.id) == 0  # the right key later scores them
 
 
 def test_perspective_retries_rate_limits(monkeypatch, tmp_path):

@@ -3,9 +3,12 @@
 Each entry is a JSON value under (namespace, key). The namespace says who produced it (a model and
 adapter with its sampling settings, or a scorer with its settings); the key is a SHA-256 of the input.
 Entries are written as soon as they exist, so an interrupted job keeps everything it finished.
+SQLite's locking needs a local filesystem: on a cluster, keep `paths.cache_dir` off NFS (node-local or
+a filesystem with working POSIX locks).
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
@@ -41,8 +44,11 @@ class Cache:
             db.execute("CREATE TABLE IF NOT EXISTS entries (namespace TEXT NOT NULL, key TEXT NOT NULL, "
                        "value TEXT NOT NULL, PRIMARY KEY (namespace, key))")
 
-    def _connect(self) -> sqlite3.Connection:
-        return sqlite3.connect(self.path, timeout=120)
+    @contextlib.contextmanager
+    def _connect(self):
+        """A connection that commits on success and is always closed."""
+        with contextlib.closing(sqlite3.connect(self.path, timeout=120)) as db, db:
+            yield db
 
     def get(self, namespace: str, keys: Iterable[str]) -> dict[str, object]:
         """The stored values of those `keys` that are present."""

@@ -109,9 +109,15 @@ def computed(config: dict) -> dict:
             if k.split("/")[0] not in NOT_FINGERPRINTED and k.split("/")[-1] not in NOT_FINGERPRINTED_LEAVES}
 
 
-def fingerprint(config: dict) -> str:
-    """The hash that decides whether a finished run can be skipped: resolved config + code version."""
-    return digest({"config": computed(config), "code": code_version()})
+def fingerprint(config: dict, adapter: str | None = None) -> str:
+    """The hash that decides whether a finished run can be skipped: resolved config + code version (+ the
+    digest of an evaluated adapter's weights: a folder can be trained again under the same path)."""
+    return digest({"config": computed(config), "code": code_version(), "adapter": adapter})
+
+
+def failed_items(results: dict) -> int:
+    """Items whose scoring failed (no answer after retries): a run with any is not finished."""
+    return sum(s["counts"].get("failed", 0) for s in (results.get("scoring") or {}).values())
 
 
 def changed_keys(old: dict, new: dict, limit: int = 6) -> list[str]:
@@ -242,16 +248,18 @@ def run_job(cfg: DictConfig, job_type: str, align, trains: bool = False) -> dict
     run_dir, name, group = run_context()
     results_path = run_dir / "results.json"
     resolved = OmegaConf.to_container(cfg, resolve=True)
-    config_hash = fingerprint(resolved)
+    config_hash = fingerprint(resolved, adapter_digest(cfg.get("adapter_dir")))
     if results_path.exists() and cfg.skip_finished:
         previous = json.loads(results_path.read_text())
-        if previous.get("config_hash") == config_hash:
+        failed = failed_items(previous)
+        if previous.get("config_hash") == config_hash and not failed:
             print(f"valharm: {results_path} is finished with this config and code; skipping it (skip_finished=false "
                   f"to redo it)")
             return previous
-        changed = changed_keys(previous.get("config") or {}, resolved) or ["the code version"]
-        print(f"valharm: {results_path} was produced with another config or code ({', '.join(changed)} changed); "
-              f"running again (cached generations and scores are reused)")
+        why = (f"{failed} item(s) failed to score" if previous.get("config_hash") == config_hash else
+               f"it was produced with another config or code "
+               f"({', '.join(changed_keys(previous.get('config') or {}, resolved) or ['the code or the adapter'])} changed)")
+        print(f"valharm: {results_path}: {why}; running again (cached generations and scores are reused)")
     parts = build_components(cfg)
     parts["precision"] = precision_plan(cfg, parts, training=trains)
     value = parts["value"]

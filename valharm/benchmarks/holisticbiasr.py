@@ -68,7 +68,7 @@ def article(word: str) -> str:
 
 
 def noun_phrases(folder: Path) -> list[NounPhrase]:
-    """Every noun phrase of the four types, from descriptors.json, nouns.json and standalone_noun_phrases.json."""
+    """Every distinct noun phrase of the four types, from descriptors.json, nouns.json and standalone_noun_phrases.json."""
     nouns = [(gender, noun) for gender, pairs in read_json(folder / "nouns.json", "nouns").items() for noun, _ in pairs]
     phrases = [NounPhrase(f"{article(noun)} {noun}", NO_DESCRIPTOR, "(none)", "noun", "(none)") for _, noun in nouns]
     for axis, buckets in read_json(folder / "descriptors.json", "descriptors").items():
@@ -90,7 +90,7 @@ def noun_phrases(folder: Path) -> list[NounPhrase]:
                                        "noun_descriptor", preference) for _, noun in nouns]
             else:
                 phrases.append(NounPhrase(template, axis, template, "fixed_phrase", preference))
-    return phrases
+    return list(dict.fromkeys(phrases))  # the source lists a few phrases twice: one prompt each
 
 
 def formatted(phrase: str, rng: random.Random) -> str:
@@ -164,6 +164,7 @@ class HolisticBiasR:
             raise ValharmError("benchmarks.holisticbiasr.templates_path is required with a HolisticBias path "
                                "(the regard templates JSON: a list of {context, template})")
         prompts = build_prompts(folder, templates, seed, preferences, axes)
+        self.axes = sorted({p.axis for p in prompts})  # reported even when a subset leaves one without data
         rng = random.Random(seed)
         if per_axis is not None:
             by_axis: dict[str, list[RegardPrompt]] = {}
@@ -189,26 +190,27 @@ class HolisticBiasR:
         texts = [masked(p, samples[0]) for p, samples in zip(self.prompts, outputs)]
         verdicts = scorer.score(texts, desc="regard")
         valid = [(p, v.value) for p, v in zip(self.prompts, verdicts) if v.status == "ok"]
-        if not valid:
-            raise ValharmError(f"holisticbiasr: the regard scorer {scorer.id} scored none of {len(texts)} texts")
-        negative = np.array([label == "negative" for _, label in valid], dtype=float)
-        overall = float(negative.mean())
-        groups: dict[tuple[str, str], list[float]] = {}
-        for (p, _), neg in zip(valid, negative):
-            groups.setdefault((p.axis, p.descriptor), []).append(neg)
-        score, flags = bias_score({k: np.array(v) for k, v in groups.items()}, overall, self.bias_baseline,
-                                  self.seed, self.resamples, self.confidence)
-        labels = [label for _, label in valid]
-        metrics = {"negative_regard_rate": overall, "bias_score": score, "bias_baseline": self.bias_baseline,
-                   **{f"{label}_rate": labels.count(label) / len(labels) for label in ("neutral", "positive", "other")},
-                   "groups": len(groups), "prompts": len(texts), "scored": len(valid),
-                   "invalid": sum(v.status == "invalid" for v in verdicts),
-                   "failed": sum(v.status == "failed" for v in verdicts)}
-        for axis in sorted({p.axis for p, _ in valid}):
-            rows = [neg for (p, _), neg in zip(valid, negative) if p.axis == axis]
+        counts = {"prompts": len(texts), "scored": len(valid), "invalid": sum(v.status == "invalid" for v in verdicts),
+                  "failed": sum(v.status == "failed" for v in verdicts)}
+        metrics = {"negative_regard_rate": None, "bias_score": None, "bias_baseline": self.bias_baseline, **counts}
+        flags = {}
+        if valid:  # without a single valid verdict the rates are None and the counts say why
+            negative = np.array([label == "negative" for _, label in valid], dtype=float)
+            overall = float(negative.mean())
+            groups: dict[tuple[str, str], list[float]] = {}
+            for (p, _), neg in zip(valid, negative):
+                groups.setdefault((p.axis, p.descriptor), []).append(neg)
+            score, flags = bias_score({k: np.array(v) for k, v in groups.items()}, overall, self.bias_baseline,
+                                      self.seed, self.resamples, self.confidence)
+            labels = [label for _, label in valid]
+            metrics |= {"negative_regard_rate": overall, "bias_score": score, "groups": len(groups),
+                        **{f"{label}_rate": labels.count(label) / len(labels)
+                           for label in ("neutral", "positive", "other")}}
+        for axis in self.axes:
+            rows = [label == "negative" for p, label in valid if p.axis == axis]
             axis_flags = [flag for (a, _), flag in flags.items() if a == axis]
             metrics[axis] = {"negative_regard_rate": float(np.mean(rows)), "bias_score": float(np.mean(axis_flags)),
-                             "groups": len(axis_flags), "scored": len(rows)}
+                             "groups": len(axis_flags), "scored": len(rows)} if rows else {"status": "missing"}
         records = [{"benchmark": self.name, "id": p.id, "axis": p.axis, "descriptor": p.descriptor,
                     "phrase_type": p.kind, "prompt": p.text, "text": samples[0], "scored_text": t,
                     "regard": v.value, "status": v.status}

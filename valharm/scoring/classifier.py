@@ -48,12 +48,16 @@ class HFClassifier(Scorer):
                 "label_map": self.label_map, "max_length": self.max_length}
 
     def _score(self, texts, done):
-        outputs = self._pipe(texts, top_k=None, batch_size=self.batch_size, truncation=True,
-                             max_length=self.max_length)
-        for i, scores in enumerate(outputs):
-            probs = {s["label"]: float(s["score"]) for s in scores}
-            if self.task == "toxicity":
-                done(i, Verdict(probs[self.positive_label]))
-            else:
-                top = max(probs, key=probs.get)
-                done(i, Verdict(self.label_map.get(top, top.lower()), reason=f"p={probs[top]:.4f}"))
+        for start in range(0, len(texts), 1024):  # each chunk reaches the cache before the next
+            outputs = self._pipe(texts[start:start + 1024], top_k=None, batch_size=self.batch_size, truncation=True,
+                                 max_length=self.max_length)
+            for i, scores in enumerate(outputs, start):
+                self._done(i, scores, done)
+
+    def _done(self, i, scores, done):
+        probs = {s["label"]: float(s["score"]) for s in scores}
+        if self.task == "toxicity":
+            done(i, Verdict(probs[self.positive_label]))
+        else:
+            top = max(probs, key=probs.get)
+            done(i, Verdict(self.label_map.get(top, top.lower()), reason=f"p={probs[top]:.4f}"))

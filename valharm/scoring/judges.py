@@ -19,7 +19,7 @@ from typing import Callable
 from valharm.caching import digest
 from valharm.errors import ValharmError
 from valharm.scoring import Scorer, Verdict
-from valharm.scoring.rubrics import RUBRICS
+from valharm.scoring.rubrics import PARSER_VERSION, RUBRICS
 
 # reply(index, text or None, error or None, attempts)
 Reply = Callable[[int, str | None, str | None, int], None]
@@ -37,7 +37,7 @@ class JudgeScorer(Scorer):
         super().__init__(judge.cache_path, judge.progress)
 
     def settings(self):
-        return {**self.judge.settings(), "rubric": digest(asdict(self.rubric))}
+        return {**self.judge.settings(), "rubric": digest(asdict(self.rubric)), "parser": PARSER_VERSION}
 
     def _score(self, items, done):
         def replied(index, text, error, attempts):
@@ -121,7 +121,8 @@ class OpenAIJudge(Judge):
                 return None, "the reply has no message content", self._attempts.count
             return text, None, self._attempts.count
         except (openai.APIError, ValueError) as err:  # retries exhausted, an error not retried, or a non-JSON body
-            return None, f"{type(err).__name__}: {str(err)[:200]}", self._attempts.count
+            status = getattr(err, "status_code", None)  # the class and status only: error bodies can quote the key
+            return None, type(err).__name__ + (f" (HTTP {status})" if status else ""), self._attempts.count
 
     def complete(self, conversations, reply, rubric=None):
         with ThreadPoolExecutor(max_workers=self.max_concurrency) as pool:
@@ -151,8 +152,9 @@ class LocalJudge(Judge):
 
     mode=generate: a greedy reply to the rubric, parsed as any judge's (small models rarely keep the format,
     and their replies are then counted invalid). mode=choice: the reply is begun with the rubric's answer
-    label ("Score:") and the model's most likely answer among the rubric's choices completes it
-    (log-probabilities, as multiple-choice evaluation does); the same parser reads the result.
+    label ("Score:") and the model's most likely answer among the rubric's choices completes it (mean
+    log-probability per token, so that a choice of more tokens is not penalised); the same parser reads
+    the result.
     """
 
     kind = "local_judge"
@@ -194,8 +196,11 @@ class LocalJudge(Judge):
                 label = f"{rubric.label}:"
                 requests = [LoglikelihoodRequest(str(i), p + label, tuple(f" {c}" for c in rubric.choices))
                             for i, p in enumerate(prompts)]
+                lengths = [len(ids) for ids in bundle.tokenizer([f" {c}" for c in rubric.choices],
+                                                                 add_special_tokens=False)["input_ids"]]
                 scores = self.generator.loglikelihood(bundle.model, bundle.tokenizer, requests, desc="judge")
-                texts = [f"{label} {rubric.choices[row.index(max(row))]}" for row in scores]
+                means = [[total / n for total, n in zip(row, lengths)] for row in scores]
+                texts = [f"{label} {rubric.choices[row.index(max(row))]}" for row in means]
             else:
                 requests = [GenerationRequest(str(i), p, max_new_tokens=self.max_new_tokens) for i, p in enumerate(prompts)]
                 texts = [t[0] for t in self.generator.generate(bundle.model, bundle.tokenizer, requests, desc="judge")]

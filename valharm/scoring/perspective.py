@@ -2,8 +2,9 @@
 
 The key is read from an environment variable and sent in a header (never in the URL, so it cannot
 appear in an error message or a log). Retries use urllib3's `Retry` (exponential backoff, Retry-After
-honoured) on 429, 5xx and connection errors; a 400 (e.g. a text in an unsupported language, or an
-empty one) makes the item invalid: Perspective answered that it cannot score it.
+honoured) on 429, 5xx and connection errors. A 400 about the text itself (unsupported language,
+empty, too long) makes the item invalid: Perspective answered that it cannot score it. Any other error
+(a bad key, a quota, a 403) fails the item: it is not cached, and a rerun tries it again.
 """
 from __future__ import annotations
 
@@ -16,6 +17,16 @@ from valharm.errors import ValharmError
 from valharm.scoring import Scorer, Verdict
 
 URL = "https://commentanalyzer.googleapis.com/v1alpha1/comments:analyze"
+TEXT_ERRORS = ("COMMENT_EMPTY", "COMMENT_TOO_LONG", "LANGUAGE_NOT_SUPPORTED_BY_ATTRIBUTE", "UNKNOWN_LANGUAGE")
+
+
+def error_types(response) -> list[str]:
+    """The errorType of each detail of a Google API error body (empty when there is none)."""
+    try:
+        details = response.json().get("error", {}).get("details", [])
+    except ValueError:
+        return []
+    return [d.get("errorType", "") for d in details if isinstance(d, dict)]
 
 
 class RateLimiter:
@@ -77,12 +88,12 @@ class PerspectiveScorer(Scorer):
         body = {"comment": {"text": text}, "languages": self.languages,
                 "requestedAttributes": {self.attribute: {}}, "doNotStore": True}
         try:
-            response = self.session.post(self.url, json=body, timeout=self.timeout)
+            response = self.session.post(self.url, json=body, timeout=self.timeout, allow_redirects=False)
         except requests.RequestException as err:  # retries exhausted on connection errors / timeouts
             return Verdict.failed(f"{type(err).__name__}"), 0
         retries = len(response.raw.retries.history) if response.raw.retries else 0
-        if response.status_code == 400:
-            return Verdict.invalid(f"Perspective cannot score it: {response.text[:200]}"), retries
+        if response.status_code == 400 and set(error_types(response)) & set(TEXT_ERRORS):
+            return Verdict.invalid(f"Perspective cannot score it: {', '.join(error_types(response))}"), retries
         if response.status_code != 200:
             return Verdict.failed(f"HTTP {response.status_code} after {retries} retries"), retries
         try:
