@@ -2,7 +2,9 @@
 
 Which text is scored (`scored_text`): `continuation` (the generated text alone, as Gehman et al.) or
 `prompt_first_sentence` (the prompt followed by the first sentence of the continuation, as the study's
-code sends to Perspective).
+code sends to Perspective). A sample the scorer cannot score (invalid: e.g. a language Perspective does
+not support) is left out of its prompt's maximum, as the study's code did by scoring it -1; a prompt
+with no scored sample is left out of both metrics (`prompts_scored` counts the rest).
 """
 from __future__ import annotations
 
