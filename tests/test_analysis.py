@@ -1,0 +1,91 @@
+"""Analysis statistics against independent scipy/statsmodels computations on synthetic runs."""
+import json
+
+import numpy as np
+import pytest
+from scipy import stats
+from statsmodels.stats.multitest import multipletests
+
+from valharm.analysis.runs import tidy
+from valharm.analysis.stats import correlations
+from valharm.errors import ValharmError
+from valharm.values import VALUES
+
+
+def write_runs(root, count=12, seed=0):
+    """Runs whose Hedonism score drives adult-content harmfulness (planted) while Power is unrelated."""
+    rng = np.random.default_rng(seed)
+    truth = []
+    for i in range(count):
+        scores = {v: float(rng.uniform(1, 6)) for v in VALUES}
+        adult = 1 + 0.7 * scores["Hedonism"] + float(rng.normal(0, 0.2))
+        truth.append((scores, adult))
+        metrics = {"hexphi": {"harmfulness_score": adult / 2, "prompts": 30,
+                              "adult_content": {"harmfulness_score": adult, "prompts": 3},
+                              "child_abuse_content": {"status": "missing"}},
+                   "rtp": {"expected_max_toxicity": float(rng.uniform(0, 1)), "scoring": "x"}}
+        results = {"value": {"name": f"v{i}", "scores": scores}, "model": "tiny", "aligner": "vim", "model_type": "vim",
+                   "prompt_strategy": "input_only", "metrics": metrics, "scoring": {"judge/x": {}}}
+        (root / f"run{i}").mkdir()
+        (root / f"run{i}" / "results.json").write_text(json.dumps(results))
+    return truth
+
+
+def test_tidy_has_a_row_per_run_benchmark_category_metric(tmp_path):
+    write_runs(tmp_path, count=3)
+    table = tidy([str(tmp_path)])
+    assert len(table) == 3 * (2 + 2 + 1)  # hexphi: 2 overall + 2 adult content; rtp: 1
+    adult = table[(table.benchmark == "hexphi") & (table.category == "adult_content")]
+    assert set(adult.metric) == {"harmfulness_score", "prompts"}
+    assert "child_abuse_content" not in set(table.category)  # missing: no row, never a zero
+    assert {"value/Hedonism", "model_type", "prompt_strategy", "scorers"} <= set(table.columns)
+
+
+def test_planted_correlation_and_null_match_scipy_with_fdr_and_bootstrap(tmp_path):
+    truth = write_runs(tmp_path, count=14)
+    table = tidy([str(tmp_path / "run*")])
+    result, skipped = correlations(table, {"hexphi": "harmfulness_score"}, resamples=999)
+    adult = result[(result.category == "adult_content")].set_index("value")
+    hedonism = np.array([s["Hedonism"] for s, _ in truth])
+    power = np.array([s["Power"] for s, _ in truth])
+    y = np.array([a for _, a in truth])
+    r, p = stats.pearsonr(hedonism, y)
+    assert adult.loc["Hedonism", "pearson_r"] == pytest.approx(r) and adult.loc["Hedonism", "pearson_p"] == pytest.approx(p)
+    rho, _ = stats.spearmanr(power, y)
+    assert adult.loc["Power", "spearman_r"] == pytest.approx(rho)
+    assert adult.loc["Hedonism", "pearson_r"] > 0.9 and adult.loc["Hedonism", "pearson_q"] < 0.01
+    assert adult.loc["Power", "pearson_q"] > 0.05  # the planted null is not significant after FDR
+    expected_q = multipletests(result["pearson_p"], method="fdr_bh")[1]
+    assert np.allclose(result["pearson_q"], expected_q)
+    assert adult.loc["Hedonism", "pearson_ci_low"] < r < adult.loc["Hedonism", "pearson_ci_high"]
+    assert adult.loc["Hedonism", "pearson_ci_low"] > 0.5
+    assert skipped.empty
+
+
+def test_categories_with_fewer_than_three_runs_are_skipped_and_reported(tmp_path):
+    write_runs(tmp_path, count=2)
+    result, skipped = correlations(tidy([str(tmp_path)]), {"hexphi": "harmfulness_score"})
+    assert result.empty and set(skipped.why) == {"fewer than 3 runs"} and set(skipped.runs) == {2}
+
+
+def test_an_empty_or_foreign_results_dir_is_a_clear_error(tmp_path):
+    with pytest.raises(ValharmError, match="no results.json"):
+        tidy([str(tmp_path)])
+    (tmp_path / "results.json").write_text(json.dumps({"something": "else"}))
+    with pytest.raises(ValharmError, match="not a valharm results file"):
+        tidy([str(tmp_path)])
+
+
+def test_bootstrap_interval_equals_scipys_percentile_interval():
+    from valharm.analysis.stats import bootstrap_interval
+
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=30)
+    y = x + rng.normal(size=30)
+    ours = bootstrap_interval(x, y, "pearson", 999, 0.95, seed=0)
+    reference = stats.bootstrap((x, y), lambda a, b: stats.pearsonr(a, b)[0], paired=True, vectorized=False,
+                                n_resamples=999, method="percentile",
+                                random_state=np.random.default_rng(0)).confidence_interval
+    assert ours == pytest.approx((reference.low, reference.high))
+    ties = bootstrap_interval(np.array([1, 1, 1, 1, 6, 1, 1.0]), np.arange(7.0), "spearman", 999, 0.95, seed=0)
+    assert all(np.isfinite(ties))  # resamples without spread are left out, not NaN for the whole interval

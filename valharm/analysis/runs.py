@@ -1,0 +1,77 @@
+"""Runs on disk to one tidy table: a row per run x benchmark x category x metric.
+
+Overall numbers have category "all"; per-category numbers (HEx-PHI, BeaverTails categories,
+HolisticBiasR axes) have the category's name. Missing categories and non-numeric fields give no row.
+Each row carries what identifies its run: model, aligner, model type, prompt strategy, the scorers
+that produced its numbers and the run's ten target value scores (`value/<Name>`).
+"""
+from __future__ import annotations
+
+import glob
+import json
+from pathlib import Path
+
+import pandas as pd
+
+from valharm.errors import ValharmError
+from valharm.values import VALUES
+
+OVERALL = "all"
+RUN_COLUMNS = ("run", "model", "aligner", "model_type", "prompt_strategy", "value_name", "scorers")
+
+
+def find_results(paths: list[str]) -> list[Path]:
+    """Every results.json in the given run or multirun dirs (globs allowed), in sorted order."""
+    found: list[Path] = []
+    for pattern in paths:
+        matches = sorted(glob.glob(str(pattern))) or [pattern]
+        for match in map(Path, matches):
+            if match.is_file() and match.name == "results.json":
+                found.append(match)
+            elif match.is_dir():
+                found += sorted(match.rglob("results.json"))
+            else:
+                raise ValharmError(f"no run dir or results.json at {match}; pass run or multirun dirs in paths=[...]")
+    if not found:
+        raise ValharmError(f"no results.json under {', '.join(map(str, paths))}; run a sweep first or fix paths")
+    return list(dict.fromkeys(found))
+
+
+def numbers(metrics: dict) -> list[tuple[str, str]]:
+    """(category, metric) of every number in one benchmark's metrics."""
+    rows = []
+    for key, value in metrics.items():
+        if isinstance(value, dict):
+            rows += [(key, k) for k, v in value.items() if is_number(v)]
+        elif is_number(value):
+            rows.append((OVERALL, key))
+    return rows
+
+
+def is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def run_row(results: dict, run: str) -> dict:
+    scores = results["value"]["scores"]
+    return {"run": run, "model": results.get("model"), "aligner": results.get("aligner"),
+            "model_type": results.get("model_type", results.get("aligner")),
+            "prompt_strategy": results.get("prompt_strategy"), "value_name": results["value"].get("name"),
+            "scorers": ", ".join(sorted(results.get("scoring") or {})),
+            **{f"value/{name}": float(scores[name]) for name in VALUES}}
+
+
+def tidy(paths: list[str]) -> pd.DataFrame:
+    """The tidy table of every run under `paths`."""
+    rows = []
+    for path in find_results(paths):
+        try:
+            results = json.loads(path.read_text())
+            run = run_row(results, str(path.parent))
+        except (ValueError, KeyError, TypeError) as err:
+            raise ValharmError(f"{path} is not a valharm results file ({type(err).__name__}: {err})") from None
+        for benchmark, metrics in results.get("metrics", {}).items():
+            rows += [{**run, "benchmark": benchmark, "category": category, "metric": metric,
+                      "value": float(metrics[metric] if category == OVERALL else metrics[category][metric])}
+                     for category, metric in numbers(metrics)]
+    return pd.DataFrame(rows)

@@ -1,0 +1,77 @@
+"""Value x risk statistics: Pearson and Spearman correlations of each value's score with each category's
+metric across runs, p-values, Benjamini-Hochberg q-values and bootstrap confidence intervals."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+from statsmodels.stats.multitest import multipletests
+
+from valharm.values import VALUES
+
+MIN_RUNS = 3
+
+
+def pearson(x: np.ndarray, y: np.ndarray, axis: int = -1) -> np.ndarray:
+    """Pearson's r along `axis` (vectorised over resamples)."""
+    x = x - x.mean(axis=axis, keepdims=True)
+    y = y - y.mean(axis=axis, keepdims=True)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return (x * y).sum(axis) / np.sqrt((x * x).sum(axis) * (y * y).sum(axis))
+
+
+def spearman(x: np.ndarray, y: np.ndarray, axis: int = -1) -> np.ndarray:
+    """Spearman's rho: Pearson's r of the ranks (ties averaged)."""
+    return pearson(stats.rankdata(x, axis=axis), stats.rankdata(y, axis=axis), axis)
+
+
+def bootstrap_interval(x: np.ndarray, y: np.ndarray, method: str, resamples: int, confidence: float,
+                       seed: int) -> tuple[float, float]:
+    """Percentile bootstrap interval of the correlation, resampling runs (x, y paired).
+
+    A resample in which x or y does not vary has no correlation and is left out (nan-aware percentiles).
+    """
+    statistic = pearson if method == "pearson" else spearman
+    with np.errstate(invalid="ignore"):
+        result = stats.bootstrap((x, y), statistic, paired=True, vectorized=True, n_resamples=resamples,
+                                 confidence_level=confidence, method="percentile",
+                                 random_state=np.random.default_rng(seed))
+    tail = (1 - confidence) / 2 * 100
+    low, high = np.nanpercentile(result.bootstrap_distribution, [tail, 100 - tail])
+    return float(low), float(high)
+
+
+def correlations(table: pd.DataFrame, metrics: dict[str, str] | None = None, resamples: int = 999,
+                 confidence: float = 0.95, seed: int = 0) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(correlations, skipped): one row per value x (benchmark, category, metric) with n, r, p, q and CI for
+    both methods; `skipped` lists the (benchmark, category, metric) with fewer than 3 runs or no spread.
+
+    `metrics`: the metric analysed per benchmark (default: every metric). q-values control the false
+    discovery rate over all tests of one method.
+    """
+    rows, skipped = [], []
+    keys = ["benchmark", "category", "metric"]
+    chosen = table if metrics is None else table[[metrics.get(b) == m for b, m in zip(table.benchmark, table.metric)]]
+    for (benchmark, category, metric), group in chosen.groupby(keys, sort=True):
+        group = group.dropna(subset=["value"])
+        if len(group) < MIN_RUNS or group["value"].nunique() < 2:
+            skipped.append({"benchmark": benchmark, "category": category, "metric": metric, "runs": len(group),
+                            "why": f"fewer than {MIN_RUNS} runs" if len(group) < MIN_RUNS else "the metric does not vary"})
+            continue
+        y = group["value"].to_numpy(float)
+        for value in VALUES:
+            x = group[f"value/{value}"].to_numpy(float)
+            if np.unique(x).size < 2:
+                continue
+            row = {"value": value, "benchmark": benchmark, "category": category, "metric": metric, "n": len(group)}
+            for method, test in (("pearson", stats.pearsonr), ("spearman", stats.spearmanr)):
+                r, p = test(x, y)
+                low, high = bootstrap_interval(x, y, method, resamples, confidence, seed)
+                row |= {f"{method}_r": float(r), f"{method}_p": float(p), f"{method}_ci_low": low,
+                        f"{method}_ci_high": high}
+            rows.append(row)
+    result = pd.DataFrame(rows)
+    if len(result):
+        for method in ("pearson", "spearman"):
+            result[f"{method}_q"] = multipletests(result[f"{method}_p"].fillna(1.0), method="fdr_bh")[1]
+    return result, pd.DataFrame(skipped)
