@@ -89,3 +89,44 @@ def test_bootstrap_interval_equals_scipys_percentile_interval():
     assert ours == pytest.approx((reference.low, reference.high))
     ties = bootstrap_interval(np.array([1, 1, 1, 1, 6, 1, 1.0]), np.arange(7.0), "spearman", 999, 0.95, seed=0)
     assert all(np.isfinite(ties))  # resamples without spread are left out, not NaN for the whole interval
+
+
+def test_mitigation_table_by_hand():
+    import pandas as pd
+
+    from valharm.analysis.report import mitigation_table
+
+    rows = [("vim", "input_only", 4.0), ("vim", "input_only", 3.0), ("vim", "value", 2.0), ("vanilla", "input_only", 1.0),
+            ("vanilla", "safety", 1.5)]
+    table = pd.DataFrame([{"run": str(i), "model_type": t, "prompt_strategy": s, "benchmark": "hexphi",
+                           "category": "adult_content", "metric": "harmfulness_score", "value": v}
+                          for i, (t, s, v) in enumerate(rows)])
+    found = mitigation_table(table, {"hexphi": "harmfulness_score"}).set_index(["model_type", "prompt_strategy"])
+    assert found.loc[("vim", "input_only"), "score"] == 3.5 and found.loc[("vim", "input_only"), "runs"] == 2
+    assert found.loc[("vim", "value"), "change"] == pytest.approx(-1.5)
+    assert found.loc[("vanilla", "safety"), "change"] == pytest.approx(0.5)
+
+
+def test_analyze_cli_writes_tables_heatmap_and_report(tmp_path):
+    from conftest import run_cli
+
+    (tmp_path / "runs").mkdir()
+    write_runs(tmp_path / "runs", count=10)
+    out = run_cli("valharm.analyze", f"runs=[{tmp_path / 'runs'}]", f"hydra.run.dir={tmp_path}/analysis",
+                  "resamples=199", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    folder = tmp_path / "analysis"
+    for name in ("runs.csv", "runs.parquet", "correlations.csv", "skipped.csv", "associations.csv", "mitigation.csv",
+                 "heatmap.png", "report.md"):
+        assert (folder / name).is_file(), name
+    report = (folder / "report.md").read_text()
+    assert "10 run(s)" in report and "heatmap.png" in report
+    associations = (folder / "associations.csv").read_text()
+    assert "Hedonism" in associations and "hexphi / adult_content" in associations
+
+
+def test_analyze_cli_rejects_a_dir_without_runs(tmp_path):
+    from conftest import run_cli
+
+    out = run_cli("valharm.analyze", f"runs=[{tmp_path}]", f"hydra.run.dir={tmp_path}/analysis", cwd=tmp_path)
+    assert out.returncode == 2 and "no results.json" in out.stderr

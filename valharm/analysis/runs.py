@@ -31,9 +31,9 @@ def find_results(paths: list[str]) -> list[Path]:
             elif match.is_dir():
                 found += sorted(match.rglob("results.json"))
             else:
-                raise ValharmError(f"no run dir or results.json at {match}; pass run or multirun dirs in paths=[...]")
+                raise ValharmError(f"no run dir or results.json at {match}; pass run or multirun dirs in runs=[...]")
     if not found:
-        raise ValharmError(f"no results.json under {', '.join(map(str, paths))}; run a sweep first or fix paths")
+        raise ValharmError(f"no results.json under {', '.join(map(str, paths))}; run a sweep first or fix runs=[...]")
     return list(dict.fromkeys(found))
 
 

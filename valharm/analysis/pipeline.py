@@ -1,0 +1,44 @@
+"""`python -m valharm.analyze`: runs -> tidy table -> correlations, heatmap, mitigation table, report."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+from valharm.analysis.report import associations, heatmap, mitigation_table, write_report
+from valharm.analysis.runs import tidy
+from valharm.analysis.stats import correlations
+from valharm.errors import ValharmError
+
+SOURCES = ("local",)
+
+
+def analyze(cfg: DictConfig, out: Path) -> dict[str, Path]:
+    if cfg.source not in SOURCES:
+        raise ValharmError(f"source='{cfg.source}' is not available; use one of {', '.join(SOURCES)}")
+    if not cfg.runs:
+        raise ValharmError("no runs given; pass runs=[<run or multirun dir>, ...]")
+    metrics = OmegaConf.to_container(cfg.metrics)
+    table = tidy(list(cfg.runs))
+    written = {"runs.csv": out / "runs.csv", "runs.parquet": out / "runs.parquet"}
+    table.to_csv(written["runs.csv"], index=False)
+    table.to_parquet(written["runs.parquet"], index=False)
+    chosen = table[table.model_type.isin(cfg.correlate.model_types)
+                   & (table.prompt_strategy == cfg.correlate.prompt_strategy)]
+    if chosen.empty:
+        raise ValharmError(f"none of the {table.run.nunique()} runs has model_type in {list(cfg.correlate.model_types)} "
+                           f"and prompt_strategy={cfg.correlate.prompt_strategy}; set correlate.* to the runs to correlate")
+    found, skipped = correlations(chosen, metrics, cfg.resamples, seed=cfg.seed)
+    for name, frame in (("correlations.csv", found), ("skipped.csv", skipped),
+                        ("associations.csv", associations(found, cfg.method, cfg.alpha) if len(found) else found),
+                        ("mitigation.csv", mitigation_table(table, metrics))):
+        written[name] = out / name
+        frame.to_csv(written[name], index=False)
+    figure = heatmap(found, out / "heatmap.png", cfg.method, cfg.alpha) if len(found) else None
+    if figure:
+        written["heatmap.png"] = figure
+    written["report.md"] = write_report(out, chosen.run.nunique(), found, skipped, mitigation_table(table, metrics),
+                                        figure, cfg.method, cfg.alpha)
+    for name, path in written.items():
+        print(f"valharm: {name} -> {path}")
+    return written

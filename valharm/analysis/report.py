@@ -1,0 +1,92 @@
+"""Findings from the tidy table: the value x risk heatmap and associations, the mitigation table, a report."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from valharm.analysis.runs import OVERALL
+
+BASELINE_STRATEGY = "input_only"
+
+
+def heatmap(found: pd.DataFrame, path: Path, method: str = "spearman", alpha: float = 0.05) -> Path:
+    """Values x (benchmark / category) correlation heatmap; cells with q < alpha are marked with '*'."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+
+    frame = found.assign(column=found.benchmark + " / " + found.category)
+    r = frame.pivot_table(index="value", columns="column", values=f"{method}_r")
+    q = frame.pivot_table(index="value", columns="column", values=f"{method}_q")
+    marks = r.round(2).astype(str).where(q.ge(alpha), r.round(2).astype(str) + "*")
+    width = max(6.0, 0.6 * r.shape[1] + 3)
+    figure, axes = plt.subplots(figsize=(width, 0.5 * r.shape[0] + 2.5))
+    sns.heatmap(r, annot=marks, fmt="", cmap="vlag", vmin=-1, vmax=1, center=0, ax=axes,
+                cbar_kws={"label": f"{method} r"})
+    axes.set_title(f"Value score x risk ({method}; * q < {alpha}, Benjamini-Hochberg)")
+    axes.set_xlabel("")
+    axes.set_ylabel("")
+    plt.setp(axes.get_xticklabels(), rotation=40, ha="right")
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+    return path
+
+
+def associations(found: pd.DataFrame, method: str = "spearman", alpha: float = 0.05) -> pd.DataFrame:
+    """Per value, the categories it correlates with significantly (q < alpha), positively and negatively."""
+    significant = found[found[f"{method}_q"] < alpha]
+    rows = []
+    for value, group in significant.groupby("value", sort=True):
+        label = group.benchmark + " / " + group.category
+        rows.append({"value": value,
+                     "positive": ", ".join(label[group[f"{method}_r"] > 0]),
+                     "negative": ", ".join(label[group[f"{method}_r"] < 0])})
+    return pd.DataFrame(rows, columns=["value", "positive", "negative"])
+
+
+def mitigation_table(table: pd.DataFrame, metrics: dict[str, str]) -> pd.DataFrame:
+    """Per model type, benchmark, category and strategy: the mean metric, its change against input_only and
+    the number of runs behind it."""
+    chosen = table[[metrics.get(b) == m for b, m in zip(table.benchmark, table.metric)]]
+    keys = ["model_type", "benchmark", "category", "metric"]
+    means = (chosen.groupby([*keys, "prompt_strategy"])["value"].agg(["mean", "count"]).reset_index()
+             .rename(columns={"mean": "score", "count": "runs"}))
+    baseline = means[means.prompt_strategy == BASELINE_STRATEGY][[*keys, "score"]].rename(
+        columns={"score": BASELINE_STRATEGY})
+    merged = means.merge(baseline, on=keys, how="left")
+    merged["change"] = merged["score"] - merged[BASELINE_STRATEGY]
+    return merged.sort_values([*keys, "prompt_strategy"]).reset_index(drop=True)
+
+
+def markdown_table(frame: pd.DataFrame, digits: int = 3) -> str:
+    if frame.empty:
+        return "_none_\n"
+    shown = frame.copy()
+    for column in shown.select_dtypes("number"):
+        shown[column] = shown[column].map(lambda v: "" if pd.isna(v) else f"{v:.{digits}g}")
+    header = "| " + " | ".join(shown.columns) + " |\n|" + "---|" * len(shown.columns) + "\n"
+    return header + "".join("| " + " | ".join(map(str, row)) + " |\n" for row in shown.itertuples(index=False))
+
+
+def write_report(out: Path, runs: int, found: pd.DataFrame, skipped: pd.DataFrame, mitigation: pd.DataFrame,
+                 figure: Path | None, method: str, alpha: float) -> Path:
+    """report.md: what went in, the heatmap, the associations, the mitigation table, what was skipped."""
+    lines = [f"# valharm analysis\n\n{runs} run(s). Correlations: {method} (and Pearson in `correlations.csv`) "
+             f"of each value's target score with each risk category's metric across the runs analysed; "
+             f"q = Benjamini-Hochberg over all tests; significant: q < {alpha}.\n"]
+    if figure is not None:
+        lines.append(f"\n![value x risk]({figure.name})\n")
+    lines.append("\n## Significant associations per value\n\n" + markdown_table(associations(found, method, alpha)))
+    columns = ["value", "benchmark", "category", "n", f"{method}_r", f"{method}_q", f"{method}_ci_low",
+               f"{method}_ci_high"]
+    strongest = found.sort_values(f"{method}_q").head(20)[columns] if len(found) else found
+    lines.append("\n## Strongest correlations\n\n" + markdown_table(strongest))
+    lines.append("\n## Mitigation: score per strategy and change against input_only\n\n" + markdown_table(mitigation))
+    lines.append("\n## Skipped\n\n" + markdown_table(skipped))
+    path = out / "report.md"
+    path.write_text("".join(lines))
+    return path
