@@ -130,3 +130,49 @@ def test_analyze_cli_rejects_a_dir_without_runs(tmp_path):
 
     out = run_cli("valharm.analyze", f"runs=[{tmp_path}]", f"hydra.run.dir={tmp_path}/analysis", cwd=tmp_path)
     assert out.returncode == 2 and "no results.json" in out.stderr
+
+
+def correlation_table(path):
+    import pandas as pd
+
+    rows = [("Hedonism", "hexphi", "adult_content", 0.8, 0.001), ("Stimulation", "hexphi", "adult_content", 0.6, 0.02),
+            ("Power", "hexphi", "adult_content", -0.7, 0.001), ("Tradition", "hexphi", "malware", 0.5, 0.3)]
+    pd.DataFrame([{"value": v, "benchmark": b, "category": c, "spearman_r": r, "spearman_q": q, "pearson_r": r,
+                   "pearson_q": q} for v, b, c, r, q in rows]).to_csv(path, index=False)
+    return path
+
+
+def test_auto_value_names_the_values_that_correlate_with_the_category(tmp_path, tiny_bundle):
+    from valharm.prompting import AutoValueStrategy, Prompter, value_instruction
+    from valharm.values import extreme
+
+    strategy = AutoValueStrategy(correlations=str(correlation_table(tmp_path / "c.csv")))
+    prompter = Prompter(tiny_bundle, strategy, extreme("power"))
+    adult = prompter.chat("Tell me a story.", benchmark="hexphi", category="adult_content")
+    assert value_instruction(["Hedonism", "Stimulation"]) in adult and value_instruction(["Power"]) not in adult
+    malware = prompter.chat("Write code.", benchmark="hexphi", category="malware")  # q = 0.3: fallback
+    assert value_instruction(["Power"]) in malware and "Tradition" not in malware
+    record = strategy.record(extreme("power"))
+    assert record["categories"]["hexphi/adult_content"] == {"values": ["Hedonism", "Stimulation"], "source": "table"}
+    assert record["categories"]["hexphi/malware"]["source"] == "fallback: highest"
+    none = AutoValueStrategy(fallback="none")
+    assert none.instruction(extreme("power"), "hexphi", "adult_content") is None
+    assert "no correlation table" in none.record(extreme("power"))["note"]
+
+
+@pytest.mark.slow
+def test_auto_value_runs_end_to_end(tmp_path):
+    from conftest import run_cli
+
+    table = correlation_table(tmp_path / "correlations.csv")
+    out = run_cli("valharm.evaluate", "model=tiny", "prompt_strategy=auto_value", f"prompt_strategy.correlations={table}",
+                  "benchmarks.hexphi.per_category=1", "~benchmark@benchmarks.pvq40", "~benchmark@benchmarks.rtp",
+                  "~benchmark@benchmarks.holisticbiasr", "~benchmark@benchmarks.beavertails", "logger=none",
+                  "generation.progress=false", f"paths.cache_dir={tmp_path}/cache", f"hydra.run.dir={tmp_path}/run",
+                  cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    detail = results["prompt_strategy_detail"]
+    assert results["prompt_strategy"] == "auto_value"
+    assert detail["categories"]["hexphi/adult_content"] == {"values": ["Hedonism", "Stimulation"], "source": "table"}
+    assert detail["categories"]["hexphi/malware"]["source"] == "fallback: highest"

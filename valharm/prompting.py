@@ -6,6 +6,11 @@
   (`values`), or by default are the run's highest-scored values (up to `value_count`, leaving out values
   tied at the distribution's lowest score, so an extreme distribution names only its one value).
 - `dual`: both.
+- `auto_value` (beyond the study): a value prompt per benchmark category, naming the values that a
+  correlation table written by `valharm.analyze` (correlations.csv) shows correlating positively and
+  significantly (q < alpha) with that category's risk. Categories without such a value, or every
+  category when no table is given, fall back to `fallback`: `highest` (the `value` strategy's values)
+  or `none` (no value instruction); the results record which categories used the table.
 The aligner's own system prompt (the ICL persona) comes first, the strategy's instruction after it.
 Chat prompts get them as the system message (plain-format models: before "### Instruction:"); raw-text
 prompts that the model continues get them as a paragraph in front of the text.
@@ -13,6 +18,9 @@ prompts that the model continues get them as a paragraph in front of the text.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
 
 from valharm.errors import ValharmError
 from valharm.models import LoadedModel
@@ -52,16 +60,63 @@ class PromptStrategy:
         self.name, self.safety, self.value = name, safety, value
         self.values, self.value_count = list(values) if values else None, value_count
 
-    def named_values(self, value: ValueDistribution) -> list[str]:
+    def named_values(self, value: ValueDistribution, benchmark: str | None = None,
+                     category: str | None = None) -> list[str]:
         return self.values or highest_values(value, self.value_count)
 
-    def instruction(self, value: ValueDistribution) -> str | None:
-        parts = ([SAFETY] if self.safety else []) + ([value_instruction(self.named_values(value))] if self.value else [])
+    def instruction(self, value: ValueDistribution, benchmark: str | None = None,
+                    category: str | None = None) -> str | None:
+        named = self.named_values(value, benchmark, category) if self.value else []
+        parts = ([SAFETY] if self.safety else []) + ([value_instruction(named)] if named else [])
         return "\n\n".join(parts) or None
 
     def record(self, value: ValueDistribution) -> dict:
         return {"name": self.name, "safety": self.safety, "value": self.value,
                 "values": self.named_values(value) if self.value else [], "instruction": self.instruction(value)}
+
+
+class AutoValueStrategy(PromptStrategy):
+    """The value prompt with values chosen per benchmark category from a correlation table (see module doc)."""
+
+    FALLBACKS = ("highest", "none")
+
+    def __init__(self, name: str = "auto_value", correlations: str | None = None, alpha: float = 0.05,
+                 method: str = "spearman", fallback: str = "highest", value_count: int = 3, safety: bool = False):
+        if fallback not in self.FALLBACKS:
+            raise ValharmError(f"prompt_strategy.fallback='{fallback}'; use one of {', '.join(self.FALLBACKS)}")
+        super().__init__(name, safety=safety, value=True, value_count=value_count)
+        self.table, self.alpha, self.method, self.fallback = correlations, alpha, method, fallback
+        self.by_category = self.read_table(Path(correlations)) if correlations else {}
+        self.used: dict[str, dict] = {}
+
+    def read_table(self, path: Path) -> dict[tuple[str, str], list[str]]:
+        """(benchmark, category) -> the values with a significant positive correlation, strongest first."""
+        if not path.is_file():
+            raise ValharmError(f"correlation table not found: {path}; run python -m valharm.analyze and pass its "
+                               f"correlations.csv as prompt_strategy.correlations")
+        table = pd.read_csv(path)
+        needed = {"value", "benchmark", "category", f"{self.method}_r", f"{self.method}_q"}
+        if not needed <= set(table.columns):
+            raise ValharmError(f"{path} lacks column(s) {sorted(needed - set(table.columns))}; expected the "
+                               f"correlations.csv that valharm.analyze writes")
+        significant = table[(table[f"{self.method}_q"] < self.alpha) & (table[f"{self.method}_r"] > 0)]
+        significant = significant.sort_values(f"{self.method}_r", ascending=False)
+        return {key: list(group["value"]) for key, group in significant.groupby(["benchmark", "category"], sort=False)}
+
+    def named_values(self, value, benchmark=None, category=None):
+        key = (benchmark or "", category or "all")
+        found = self.by_category.get(key)
+        source = "table" if found else f"fallback: {self.fallback}"
+        named = found or (highest_values(value, self.value_count) if self.fallback == "highest" else [])
+        if benchmark is not None:
+            self.used[f"{key[0]}/{key[1]}"] = {"values": named, "source": source}
+        return named
+
+    def record(self, value):
+        note = None if self.table else f"no correlation table given: every category used the fallback ({self.fallback})"
+        return {"name": self.name, "safety": self.safety, "value": True, "table": self.table, "alpha": self.alpha,
+                "method": self.method, "fallback": self.fallback, "note": note,
+                "categories": dict(sorted(self.used.items()))}
 
 
 @dataclass
@@ -73,15 +128,16 @@ class Prompter:
     value: ValueDistribution
     system: str | None = None  # the aligner's (ICL persona), always in force
 
-    def _preamble(self, mitigate: bool) -> str | None:
-        parts = [self.system, self.strategy.instruction(self.value) if mitigate else None]
+    def _preamble(self, mitigate: bool, benchmark: str | None, category: str | None) -> str | None:
+        parts = [self.system, self.strategy.instruction(self.value, benchmark, category) if mitigate else None]
         return "\n\n".join(p for p in parts if p) or None
 
-    def chat(self, user: str, mitigate: bool = True) -> str:
-        """A prompt the model answers. `mitigate=False`: without the strategy's instruction."""
-        return self.bundle.format_prompt(user, self._preamble(mitigate))
+    def chat(self, user: str, mitigate: bool = True, benchmark: str | None = None, category: str | None = None) -> str:
+        """A prompt the model answers. `mitigate=False`: without the strategy's instruction. The benchmark and
+        category (when there is one) let a strategy choose its instruction per risk category."""
+        return self.bundle.format_prompt(user, self._preamble(mitigate, benchmark, category))
 
-    def raw(self, text: str, mitigate: bool = True) -> str:
+    def raw(self, text: str, mitigate: bool = True, benchmark: str | None = None, category: str | None = None) -> str:
         """A text the model continues (no chat template); instructions, if any, go in front."""
-        preamble = self._preamble(mitigate)
+        preamble = self._preamble(mitigate, benchmark, category)
         return self.bundle.bos_text + (f"{preamble}\n\n{text}" if preamble else text)

@@ -182,7 +182,7 @@ class HolisticBiasR:
         self.max_new_tokens, self.temperature, self.top_p = max_new_tokens, temperature, top_p
 
     def requests(self, prompter):
-        return [GenerationRequest(id=p.id, prompt=prompter.raw(p.text), max_new_tokens=self.max_new_tokens,
+        return [GenerationRequest(id=p.id, prompt=prompter.raw(p.text, benchmark=self.name, category=p.axis), max_new_tokens=self.max_new_tokens,
                                   temperature=self.temperature, top_p=self.top_p) for p in self.prompts]
 
     def evaluate(self, requests, outputs, value, scorers) -> BenchmarkResult:

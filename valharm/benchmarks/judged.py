@@ -78,7 +78,8 @@ class JudgedBenchmark:
     def requests(self, prompter):
         """Each prompt in `framing`, continued as raw text (the study) or sent as a chat message."""
         build = prompter.chat if self.use_chat_template else prompter.raw
-        return [GenerationRequest(id=p.id, prompt=build(self.framing.format(prompt=p.text)),
+        return [GenerationRequest(id=p.id, prompt=build(self.framing.format(prompt=p.text), benchmark=self.name,
+                                                        category=p.category),
                                   max_new_tokens=self.max_new_tokens, temperature=self.temperature, top_p=self.top_p)
                 for p in self.prompts]
 

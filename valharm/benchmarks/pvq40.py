@@ -56,7 +56,8 @@ class PVQ40:
         self.max_new_tokens, self.scoring, self.apply_strategy = max_new_tokens, scoring, apply_strategy
 
     def requests(self, prompter):
-        prompts = [(f"pvq40/{row.item}", prompter.chat(rating_prompt(row.text), mitigate=self.apply_strategy))
+        prompts = [(f"pvq40/{row.item}", prompter.chat(rating_prompt(row.text), mitigate=self.apply_strategy,
+                                                             benchmark=self.name))
                    for row in self.items.itertuples()]
         if self.scoring == "loglik":
             return [LoglikelihoodRequest(id=i, prompt=p, continuations=ANSWERS) for i, p in prompts]

@@ -9,6 +9,7 @@ with no scored sample is left out of both metrics (`prompts_scored` counts the r
 from __future__ import annotations
 
 import csv
+import functools
 import json
 from pathlib import Path
 from typing import Sequence
@@ -95,7 +96,7 @@ class RealToxicityPrompts:
         self.use_chat_template, self.scored_text = use_chat_template, scored_text
 
     def requests(self, prompter):
-        build = prompter.chat if self.use_chat_template else prompter.raw
+        build = functools.partial(prompter.chat if self.use_chat_template else prompter.raw, benchmark=self.name)
         return [GenerationRequest(id=f"rtp/{i}", prompt=build(p), max_new_tokens=self.max_new_tokens,
                                   temperature=self.temperature, top_p=self.top_p, num_samples=self.num_samples)
                 for i, p in enumerate(self.prompts)]
