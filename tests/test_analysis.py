@@ -117,10 +117,10 @@ def test_analyze_cli_writes_tables_heatmap_and_report(tmp_path):
     assert out.returncode == 0, out.stderr[-3000:]
     folder = tmp_path / "analysis"
     for name in ("runs.csv", "runs.parquet", "correlations.csv", "skipped.csv", "associations.csv", "mitigation.csv",
-                 "heatmap.png", "report.md"):
+                 "model_types.csv", "model_type_tests.csv", "coverage.csv", "heatmap.png", "report.md"):
         assert (folder / name).is_file(), name
     report = (folder / "report.md").read_text()
-    assert "10 run(s)" in report and "heatmap.png" in report
+    assert "10 value-aligned run(s)" in report and "heatmap.png" in report
     associations = (folder / "associations.csv").read_text()
     assert "Hedonism" in associations and "hexphi / adult_content" in associations
 
@@ -176,3 +176,53 @@ def test_auto_value_runs_end_to_end(tmp_path):
     assert results["prompt_strategy"] == "auto_value"
     assert detail["categories"]["hexphi/adult_content"] == {"values": ["Hedonism", "Stimulation"], "source": "table"}
     assert detail["categories"]["hexphi/malware"]["source"] == "fallback: highest"
+
+
+def write_typed_runs(root):
+    """Two vim and two vanilla runs on the same 12 HEx-PHI prompts; vim answers more harmfully."""
+    rng = np.random.default_rng(5)
+    per_prompt = {}
+    for i, model_type in enumerate(["vim", "vim", "vanilla", "vanilla"]):
+        shift = 1 if model_type == "vim" else 0
+        scores = [int(min(5, max(1, rng.integers(1, 4) + shift))) for _ in range(12)]
+        per_prompt[i] = scores
+        run = root / f"run{i}"
+        run.mkdir()
+        metrics = {"hexphi": {"harmfulness_score": float(np.mean(scores))}, "pvq40": {"nmse": 0.1 * (i + 1)}}
+        results = {"value": {"name": "power", "scores": {v: 3.0 for v in VALUES}}, "model": "tiny",
+                   "aligner": model_type, "model_type": model_type, "prompt_strategy": "input_only",
+                   "metrics": metrics}
+        (run / "results.json").write_text(json.dumps(results))
+        records = [{"benchmark": "hexphi", "id": f"hexphi/1/{k}", "harmfulness": s, "status": "ok"}
+                   for k, s in enumerate(scores)]
+        records.append({"benchmark": "hexphi", "id": "hexphi/1/99", "harmfulness": None, "status": "invalid"})
+        (run / "generations.jsonl").write_text("\n".join(json.dumps(r) for r in records))
+    return per_prompt
+
+
+def test_model_type_table_and_paired_prompt_test_against_scipy(tmp_path):
+    from valharm.analysis.report import model_type_table, model_type_tests
+    from valharm.analysis.runs import prompt_scores
+
+    per_prompt = write_typed_runs(tmp_path)
+    table = model_type_table(tidy([str(tmp_path)])).set_index("model_type")
+    assert table.loc["vim", "runs"] == 2
+    assert table.loc["vanilla", "pvq40/nmse"] == pytest.approx(0.35)
+    assert table.loc["vanilla", "pvq40/nmse sd"] == pytest.approx(np.std([0.3, 0.4], ddof=1))
+    scores = prompt_scores([str(tmp_path)])
+    assert len(scores) == 4 * 12  # the invalid verdict gives no score
+    tests = model_type_tests(scores).set_index("other")
+    vim = (np.array(per_prompt[0]) + np.array(per_prompt[1])) / 2
+    vanilla = (np.array(per_prompt[2]) + np.array(per_prompt[3])) / 2
+    assert tests.loc["vanilla", "pairs"] == 12
+    assert tests.loc["vanilla", "p"] == pytest.approx(stats.wilcoxon(vim, vanilla).pvalue)
+    assert tests.loc["vanilla", "mean_difference"] == pytest.approx(np.mean(vim - vanilla))
+
+
+def test_runs_missing_a_benchmark_are_reported(tmp_path):
+    from valharm.analysis.report import coverage
+
+    write_runs(tmp_path, count=3)
+    table = tidy([str(tmp_path)])
+    table = table[~((table.run == table.run.iloc[0]) & (table.benchmark == "rtp"))]
+    assert coverage(table).to_dict("records") == [{"benchmark": "rtp", "runs_with": 2, "runs_without": 1}]

@@ -5,8 +5,9 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from valharm.analysis.report import associations, heatmap, mitigation_table, write_report
-from valharm.analysis.runs import tidy
+from valharm.analysis.report import (associations, coverage, heatmap, mitigation_table, model_type_table,
+                                     model_type_tests, write_report)
+from valharm.analysis.runs import prompt_scores, tidy
 from valharm.analysis.stats import correlations
 from valharm.errors import ValharmError
 
@@ -29,16 +30,24 @@ def analyze(cfg: DictConfig, out: Path) -> dict[str, Path]:
         raise ValharmError(f"none of the {table.run.nunique()} runs has model_type in {list(cfg.correlate.model_types)} "
                            f"and prompt_strategy={cfg.correlate.prompt_strategy}; set correlate.* to the runs to correlate")
     found, skipped = correlations(chosen, metrics, cfg.resamples, seed=cfg.seed)
-    for name, frame in (("correlations.csv", found), ("skipped.csv", skipped),
-                        ("associations.csv", associations(found, cfg.method, cfg.alpha) if len(found) else found),
-                        ("mitigation.csv", mitigation_table(table, metrics))):
+    tables = {"correlations.csv": found, "skipped.csv": skipped,
+              "associations.csv": associations(found, cfg.method, cfg.alpha) if len(found) else found,
+              "model_types.csv": model_type_table(table),
+              "model_type_tests.csv": model_type_tests(prompt_scores(list(cfg.runs)), cfg.aligned_type),
+              "mitigation.csv": mitigation_table(table, metrics), "coverage.csv": coverage(table)}
+    for name, frame in tables.items():
         written[name] = out / name
         frame.to_csv(written[name], index=False)
     figure = heatmap(found, out / "heatmap.png", cfg.method, cfg.alpha) if len(found) else None
     if figure:
         written["heatmap.png"] = figure
-    written["report.md"] = write_report(out, chosen.run.nunique(), found, skipped, mitigation_table(table, metrics),
-                                        figure, cfg.method, cfg.alpha)
+    sections = {"Model types (runs without mitigation; mean, sd and n over runs)": tables["model_types.csv"],
+                f"{cfg.aligned_type} against each model type, per-prompt scores (Wilcoxon signed-rank, paired by "
+                f"prompt: same prompts, bounded non-normal scores)": tables["model_type_tests.csv"],
+                "Mitigation: score per strategy and change against input_only": tables["mitigation.csv"],
+                "Benchmarks some runs lack": tables["coverage.csv"],
+                "Skipped (fewer than 3 runs, or no spread)": skipped}
+    written["report.md"] = write_report(out, chosen.run.nunique(), found, figure, cfg.method, cfg.alpha, sections)
     for name, path in written.items():
         print(f"valharm: {name} -> {path}")
     return written

@@ -72,12 +72,22 @@ def markdown_table(frame: pd.DataFrame, digits: int = 3) -> str:
     return header + "".join("| " + " | ".join(map(str, row)) + " |\n" for row in shown.itertuples(index=False))
 
 
-def write_report(out: Path, runs: int, found: pd.DataFrame, skipped: pd.DataFrame, mitigation: pd.DataFrame,
-                 figure: Path | None, method: str, alpha: float) -> Path:
-    """report.md: what went in, the heatmap, the associations, the mitigation table, what was skipped."""
-    lines = [f"# valharm analysis\n\n{runs} run(s). Correlations: {method} (and Pearson in `correlations.csv`) "
-             f"of each value's target score with each risk category's metric across the runs analysed; "
-             f"q = Benjamini-Hochberg over all tests; significant: q < {alpha}.\n"]
+def coverage(table: pd.DataFrame) -> pd.DataFrame:
+    """Benchmarks that some runs lack: how many runs have each (a run missing one adds nothing to it)."""
+    runs = table.run.nunique()
+    have = table.groupby("benchmark").run.nunique()
+    return pd.DataFrame([{"benchmark": b, "runs_with": int(n), "runs_without": runs - int(n)}
+                         for b, n in have.items() if n < runs], columns=["benchmark", "runs_with", "runs_without"])
+
+
+def write_report(out: Path, runs: int, found: pd.DataFrame, figure: Path | None, method: str, alpha: float,
+                 sections: dict[str, pd.DataFrame]) -> Path:
+    """report.md: what went in, the heatmap, the associations and strongest correlations, then `sections`
+    (title -> table: model types, tests, mitigation, what was skipped)."""
+    lines = [f"# valharm analysis\n\n{runs} value-aligned run(s) correlated. Correlations: {method} (and Pearson "
+             f"in `correlations.csv`) of each value's target score with each risk category's metric across "
+             f"those runs (`n` = runs behind each); q = Benjamini-Hochberg over all tests; significant: "
+             f"q < {alpha}; intervals: percentile bootstrap over runs.\n"]
     if figure is not None:
         lines.append(f"\n![value x risk]({figure.name})\n")
     lines.append("\n## Significant associations per value\n\n" + markdown_table(associations(found, method, alpha)))
@@ -85,8 +95,41 @@ def write_report(out: Path, runs: int, found: pd.DataFrame, skipped: pd.DataFram
                f"{method}_ci_high"]
     strongest = found.sort_values(f"{method}_q").head(20)[columns] if len(found) else found
     lines.append("\n## Strongest correlations\n\n" + markdown_table(strongest))
-    lines.append("\n## Mitigation: score per strategy and change against input_only\n\n" + markdown_table(mitigation))
-    lines.append("\n## Skipped\n\n" + markdown_table(skipped))
+    lines += [f"\n## {title}\n\n" + markdown_table(frame) for title, frame in sections.items()]
     path = out / "report.md"
     path.write_text("".join(lines))
     return path
+
+
+SUMMARY_METRICS = (("rtp", "expected_max_toxicity"), ("rtp", "toxicity_probability"),
+                   ("holisticbiasr", "negative_regard_rate"), ("holisticbiasr", "bias_score"),
+                   ("hexphi", "harmfulness_score"), ("hexphi", "harmfulness_rate"), ("beavertails", "flagged_rate"),
+                   ("pvq40", "nmse"))
+
+
+def model_type_table(table: pd.DataFrame, strategy: str = BASELINE_STRATEGY) -> pd.DataFrame:
+    """Per model type (runs without mitigation): mean and standard deviation over runs of the study's summary
+    metrics, and the number of runs behind each."""
+    overall = table[(table.category == OVERALL) & (table.prompt_strategy == strategy)]
+    rows = []
+    for model_type, group in overall.groupby("model_type", sort=True):
+        row = {"model_type": model_type, "runs": group.run.nunique()}
+        for benchmark, metric in SUMMARY_METRICS:
+            values = group[(group.benchmark == benchmark) & (group.metric == metric)]["value"]
+            if len(values):
+                row |= {f"{benchmark}/{metric}": values.mean(), f"{benchmark}/{metric} sd": values.std(ddof=1),
+                        f"{benchmark}/{metric} n": len(values)}
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def model_type_tests(scores: pd.DataFrame, aligned: str = "vim", strategy: str = BASELINE_STRATEGY) -> pd.DataFrame:
+    """The value-aligned type against every other type, per benchmark, on per-prompt scores (see stats)."""
+    from valharm.analysis.stats import paired_prompt_test
+
+    scores = scores[scores.prompt_strategy == strategy]
+    rows = [{"benchmark": benchmark, "aligned": aligned, "other": other,
+             **paired_prompt_test(group, aligned, other)}
+            for benchmark, group in scores.groupby("benchmark", sort=True)
+            for other in sorted(set(group.model_type) - {aligned})]
+    return pd.DataFrame(rows)

@@ -75,3 +75,40 @@ def tidy(paths: list[str]) -> pd.DataFrame:
                       "value": float(metrics[metric] if category == OVERALL else metrics[category][metric])}
                      for category, metric in numbers(metrics)]
     return pd.DataFrame(rows)
+
+
+def prompt_score(record: dict) -> float | None:
+    """One generation record's risk score, on the scale its benchmark's per-prompt test uses (None: unscored)."""
+    if record.get("status", "ok") != "ok":
+        return None
+    benchmark = record.get("benchmark")
+    if benchmark == "rtp":
+        return record.get("toxicity")
+    if benchmark == "holisticbiasr":
+        return float(record.get("regard") == "negative")
+    if benchmark == "hexphi":
+        return record.get("harmfulness")
+    if benchmark == "beavertails":
+        return float(record.get("flagging") == "flagged")
+    return None
+
+
+def prompt_scores(paths: list[str]) -> pd.DataFrame:
+    """Per-prompt risk scores of every run (from generations.jsonl beside results.json): a row per run x
+    benchmark x prompt; RTP prompts score the highest toxicity of their samples."""
+    rows = []
+    for path in find_results(paths):
+        results = json.loads(path.read_text())
+        generations = path.parent / "generations.jsonl"
+        if not generations.is_file():
+            continue
+        run = {"run": str(path.parent), "model_type": results.get("model_type", results.get("aligner")),
+               "prompt_strategy": results.get("prompt_strategy")}
+        for line in generations.read_text().splitlines():
+            record = json.loads(line)
+            score = prompt_score(record)
+            if score is not None:
+                rows.append({**run, "benchmark": record["benchmark"], "prompt": record["id"], "score": float(score)})
+    frame = pd.DataFrame(rows, columns=["run", "model_type", "prompt_strategy", "benchmark", "prompt", "score"])
+    keys = ["run", "model_type", "prompt_strategy", "benchmark", "prompt"]
+    return frame.groupby(keys, as_index=False)["score"].max()  # RTP: the max over a prompt's samples

@@ -75,3 +75,23 @@ def correlations(table: pd.DataFrame, metrics: dict[str, str] | None = None, res
         for method in ("pearson", "spearman"):
             result[f"{method}_q"] = multipletests(result[f"{method}_p"].fillna(1.0), method="fdr_bh")[1]
     return result, pd.DataFrame(skipped)
+
+
+def paired_prompt_test(scores: pd.DataFrame, aligned: str, other: str) -> dict:
+    """Value-aligned against another model type on the same prompts: Wilcoxon signed-rank test (two-sided)
+    of per-prompt scores, each the mean over that type's runs, paired by prompt.
+
+    Why this test: both types answer the same prompts, so the comparison is paired; per-prompt scores are
+    bounded, often binary or ordinal, and far from normal, so a rank test is used, not a t-test.
+    """
+    means = scores.groupby(["model_type", "prompt"])["score"].mean().unstack(0)
+    if aligned not in means or other not in means:
+        return {"pairs": 0, "statistic": None, "p": None}
+    pairs = means[[aligned, other]].dropna()
+    difference = pairs[aligned] - pairs[other]
+    if len(pairs) < MIN_RUNS or not difference.any():
+        return {"pairs": len(pairs), "statistic": None, "p": None, "mean_difference": float(difference.mean())
+                if len(pairs) else None}
+    result = stats.wilcoxon(pairs[aligned], pairs[other])
+    return {"pairs": len(pairs), "statistic": float(result.statistic), "p": float(result.pvalue),
+            "mean_difference": float(difference.mean())}
