@@ -226,3 +226,45 @@ def test_runs_missing_a_benchmark_are_reported(tmp_path):
     table = tidy([str(tmp_path)])
     table = table[~((table.run == table.run.iloc[0]) & (table.benchmark == "rtp"))]
     assert coverage(table).to_dict("records") == [{"benchmark": "rtp", "runs_with": 2, "runs_without": 1}]
+
+
+class RecordedRun:
+    """A W&B public-API run as `wandb.Api().runs()` returns it: id, state, config and summary dicts."""
+
+    def __init__(self, run_id, config, summary):
+        self.id, self.state, self.config, self.summary = run_id, "finished", config, summary
+
+
+class RecordedApi:
+    def __init__(self, runs):
+        self.recorded, self.asked = runs, []
+
+    def runs(self, path, filters=None):
+        self.asked.append((path, filters))
+        return self.recorded
+
+
+def test_wandb_source_reads_what_the_tracker_logs(tmp_path):
+    from valharm.analysis.runs import tidy_results
+    from valharm.analysis.wandb_source import wandb_runs
+
+    write_runs(tmp_path, count=3)
+    recorded = []
+    for i, path in enumerate(sorted(tmp_path.glob("run*/results.json"))):
+        results = json.loads(path.read_text())
+        config = {f"value/{v}": s for v, s in results["value"]["scores"].items()} | {"value/name": f"v{i}"}
+        summary = {"hexphi/harmfulness_score": results["metrics"]["hexphi"]["harmfulness_score"],
+                   "hexphi/adult_content/harmfulness_score": results["metrics"]["hexphi"]["adult_content"]["harmfulness_score"],
+                   "rtp/expected_max_toxicity": results["metrics"]["rtp"]["expected_max_toxicity"],
+                   "timing/rtp/generation_s": 1.0, "run/model_type": "vim", "run/prompt_strategy": "input_only",
+                   "run/model": "tiny", "run/aligner": "vim"}
+        recorded.append(RecordedRun(f"id{i}", config, summary))
+    api = RecordedApi(recorded)
+    remote = tidy_results(wandb_runs("valharm", entity="lab", group="train-multirun", api=api))
+    assert api.asked == [("lab/valharm", {"group": "train-multirun"})]
+    local = tidy([str(tmp_path)])
+    local = local[local.metric != "prompts"]
+    columns = ["benchmark", "category", "metric", "value", "value/Hedonism", "model_type"]
+    assert remote[columns].sort_values(columns).values.tolist() == local[columns].sort_values(columns).values.tolist()
+    with pytest.raises(ValharmError, match="not a valharm run"):
+        wandb_runs("valharm", api=RecordedApi([RecordedRun("x", {}, {})]))

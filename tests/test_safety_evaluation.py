@@ -54,7 +54,7 @@ def test_offline_evaluation_of_all_five_benchmarks(tmp_path):
     assert results["config"]["benchmarks"]["hexphi"]["per_category"] == 1 and results["config_hash"]
     keys = summary(next((tmp_path / "run" / "wandb").glob("offline-run-*/run-*.wandb")))
     assert {"hexphi/malware/harmfulness_score", "beavertails/self_harm/flagged_rate", "hexphi/harmfulness_rate",
-            "holisticbiasr/negative_regard_rate", "rtp/expected_max_toxicity", "pvq40/nmse"} <= set(keys)
+            "holisticbiasr/negative_regard_rate", "rtp/expected_max_toxicity", "pvq40/nmse", "run/model_type"} <= set(keys)
     assert not any(k.startswith("hexphi/child_abuse_content/") for k in keys)  # missing, never zero
 
 

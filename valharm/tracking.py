@@ -17,6 +17,9 @@ def flatten(data: dict, prefix: str = "", sep: str = "/") -> dict:
     return flat
 
 
+RUN_FIELDS = ("model", "aligner", "model_type", "prompt_strategy")  # strings in the summary, read back by analysis
+
+
 def sample_per_benchmark(records: list[dict], total: int) -> list[dict]:
     """The first records of every benchmark, `total` in all (shared evenly), so each benchmark shows."""
     names = list(dict.fromkeys(r.get("benchmark") for r in records))
@@ -75,6 +78,7 @@ class WandbTracker(NoTracker):
                   **flatten({"generation_cache": results.get("generation_cache", {})}), **counts}
         numbers = {k: v for k, v in logged.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
         self.run.summary.update(numbers)
+        self.run.summary.update({f"run/{key}": results.get(key) for key in RUN_FIELDS})  # for valharm.analyze
         if records:
             columns = sorted({k for r in records for k in r})
             rows = [[str(r.get(c, "")) for c in columns] for r in sample_per_benchmark(records, self.table_rows)]

@@ -3,24 +3,31 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
 from valharm.analysis.report import (associations, coverage, heatmap, mitigation_table, model_type_table,
                                      model_type_tests, write_report)
-from valharm.analysis.runs import prompt_scores, tidy
+from valharm.analysis.runs import prompt_scores, tidy, tidy_results
+from valharm.analysis.wandb_source import wandb_runs
 from valharm.analysis.stats import correlations
 from valharm.errors import ValharmError
 
-SOURCES = ("local",)
+SOURCES = ("local", "wandb")
 
 
 def analyze(cfg: DictConfig, out: Path) -> dict[str, Path]:
     if cfg.source not in SOURCES:
         raise ValharmError(f"source='{cfg.source}' is not available; use one of {', '.join(SOURCES)}")
-    if not cfg.runs:
-        raise ValharmError("no runs given; pass runs=[<run or multirun dir>, ...]")
     metrics = OmegaConf.to_container(cfg.metrics)
-    table = tidy(list(cfg.runs))
+    if cfg.source == "wandb":
+        table = tidy_results(wandb_runs(cfg.wandb.project, cfg.wandb.entity, cfg.wandb.group))
+        per_prompt = None  # W&B holds no per-prompt scores
+    else:
+        if not cfg.runs:
+            raise ValharmError("no runs given; pass runs=[<run or multirun dir>, ...]")
+        table = tidy(list(cfg.runs))
+        per_prompt = prompt_scores(list(cfg.runs))
     written = {"runs.csv": out / "runs.csv", "runs.parquet": out / "runs.parquet"}
     table.to_csv(written["runs.csv"], index=False)
     table.to_parquet(written["runs.parquet"], index=False)
@@ -33,7 +40,8 @@ def analyze(cfg: DictConfig, out: Path) -> dict[str, Path]:
     tables = {"correlations.csv": found, "skipped.csv": skipped,
               "associations.csv": associations(found, cfg.method, cfg.alpha) if len(found) else found,
               "model_types.csv": model_type_table(table),
-              "model_type_tests.csv": model_type_tests(prompt_scores(list(cfg.runs)), cfg.aligned_type),
+              "model_type_tests.csv": model_type_tests(per_prompt, cfg.aligned_type) if per_prompt is not None
+              else pd.DataFrame([{"note": "source=wandb has no per-prompt scores; run the analysis on local runs"}]),
               "mitigation.csv": mitigation_table(table, metrics), "coverage.csv": coverage(table)}
     for name, frame in tables.items():
         written[name] = out / name

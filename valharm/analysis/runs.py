@@ -63,13 +63,23 @@ def run_row(results: dict, run: str) -> dict:
 
 def tidy(paths: list[str]) -> pd.DataFrame:
     """The tidy table of every run under `paths`."""
-    rows = []
-    for path in find_results(paths):
+    def read(path: Path) -> dict:
         try:
-            results = json.loads(path.read_text())
-            run = run_row(results, str(path.parent))
-        except (ValueError, KeyError, TypeError) as err:
-            raise ValharmError(f"{path} is not a valharm results file ({type(err).__name__}: {err})") from None
+            return json.loads(path.read_text())
+        except ValueError as err:
+            raise ValharmError(f"{path} is not a valharm results file ({err})") from None
+
+    return tidy_results((str(path.parent), read(path)) for path in find_results(paths))
+
+
+def tidy_results(runs) -> pd.DataFrame:
+    """The tidy table of (run name, results dict) pairs, whatever they were read from."""
+    rows = []
+    for name, results in runs:
+        try:
+            run = run_row(results, name)
+        except (KeyError, TypeError) as err:
+            raise ValharmError(f"{name} is not a valharm results file (no {err})") from None
         for benchmark, metrics in results.get("metrics", {}).items():
             rows += [{**run, "benchmark": benchmark, "category": category, "metric": metric,
                       "value": float(metrics[metric] if category == OVERALL else metrics[category][metric])}

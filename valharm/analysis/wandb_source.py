@@ -1,0 +1,56 @@
+"""Runs from a W&B project (`source=wandb`): the fields valharm's tracker logs, as results dicts.
+
+A run's config holds the value scores (`value/<Name>`); its summary holds every metric as
+`<benchmark>/<metric>` or `<benchmark>/<category>/<metric>` and the run's model, aligner, model type and
+prompt strategy (`run/<field>`). Per-prompt scores are not in W&B, so the model-type tests need local runs.
+"""
+from __future__ import annotations
+
+from valharm.errors import ValharmError
+from valharm.values import VALUES
+
+BENCHMARKS = ("pvq40", "rtp", "holisticbiasr", "hexphi", "beavertails")
+
+
+def metrics_from_summary(summary: dict) -> dict:
+    """The nested metrics of results.json from a flat W&B summary."""
+    metrics: dict = {}
+    for key, value in summary.items():
+        parts = key.split("/")
+        if parts[0] not in BENCHMARKS or isinstance(value, bool) or not isinstance(value, (int, float)):
+            continue
+        target = metrics.setdefault(parts[0], {})
+        if len(parts) == 2:
+            target[parts[1]] = value
+        elif len(parts) == 3:
+            target.setdefault(parts[1], {})[parts[2]] = value
+    return metrics
+
+
+def results_from_run(run) -> dict:
+    config, summary = dict(run.config), dict(run.summary)
+    missing = [v for v in VALUES if f"value/{v}" not in config]
+    if missing:
+        raise ValharmError(f"W&B run {run.id} has no value scores ({', '.join(missing)}) in its config: not a valharm run")
+    return {"value": {"name": config.get("value/name"), "scores": {v: config[f"value/{v}"] for v in VALUES}},
+            **{field: summary.get(f"run/{field}") for field in ("model", "aligner", "model_type", "prompt_strategy")},
+            "metrics": metrics_from_summary(summary)}
+
+
+def wandb_runs(project: str, entity: str | None = None, group: str | None = None, api=None) -> list[tuple[str, dict]]:
+    """(name, results) of every finished run of the project (and group)."""
+    if api is None:
+        import wandb
+
+        api = wandb.Api()
+    path = f"{entity}/{project}" if entity else project
+    try:
+        runs = list(api.runs(path, filters={"group": group} if group else None))
+    except Exception as err:  # noqa: BLE001 - network, auth, unknown project: one clear message
+        raise ValharmError(f"cannot list W&B runs of {path} ({type(err).__name__}: {err}); log in (wandb login) "
+                           f"or check wandb.entity / wandb.project") from None
+    found = [(f"wandb:{path}/{run.id}", results_from_run(run)) for run in runs if getattr(run, "state", "finished")
+             == "finished"]
+    if not found:
+        raise ValharmError(f"no finished runs in W&B project {path}" + (f", group {group}" if group else ""))
+    return found
