@@ -10,7 +10,7 @@ export WANDB_MODE ?= offline
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: setup demo test test-fast bench bench-judge clean
+.PHONY: setup demo study-smoke test test-fast bench bench-judge clean
 
 setup: $(STAMP)
 
@@ -24,6 +24,13 @@ $(STAMP): pyproject.toml Makefile
 
 demo: setup
 	$(BIN)/python -m valharm.train experiment=demo
+
+# The research loop in minutes: a small sweep (VIM, ICL, vanilla x 5 distributions x 2 strategies on the
+# tiny model), then the analysis; report in outputs/study_smoke/analysis/report.md.
+study-smoke: setup
+	rm -rf outputs/study_smoke
+	$(BIN)/python -m valharm.train -m experiment=study_smoke
+	$(BIN)/python -m valharm.analyze 'runs=[outputs/study_smoke/runs]' hydra.run.dir=outputs/study_smoke/analysis
 
 test: setup
 	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q

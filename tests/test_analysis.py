@@ -74,6 +74,9 @@ def test_an_empty_or_foreign_results_dir_is_a_clear_error(tmp_path):
     (tmp_path / "results.json").write_text(json.dumps({"something": "else"}))
     with pytest.raises(ValharmError, match="not a valharm results file"):
         tidy([str(tmp_path)])
+    (tmp_path / "results.json").write_text('{"value": {"name": "power", "scores": ')  # cut off mid-write
+    with pytest.raises(ValharmError, match="not a valharm results file"):
+        tidy([str(tmp_path)])
 
 
 def test_bootstrap_interval_equals_scipys_percentile_interval():
