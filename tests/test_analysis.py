@@ -12,13 +12,13 @@ from valharm.errors import ValharmError
 from valharm.values import VALUES
 
 
-def write_runs(root, count=12, seed=0):
+def write_runs(root, count=12, seed=0, noise=0.2):
     """Runs whose Hedonism score drives adult-content harmfulness (planted) while Power is unrelated."""
     rng = np.random.default_rng(seed)
     truth = []
     for i in range(count):
         scores = {v: float(rng.uniform(1, 6)) for v in VALUES}
-        adult = 1 + 0.7 * scores["Hedonism"] + float(rng.normal(0, 0.2))
+        adult = 1 + 0.7 * scores["Hedonism"] + float(rng.normal(0, noise))
         truth.append((scores, adult))
         metrics = {"hexphi": {"harmfulness_score": adult / 2, "prompts": 30,
                               "adult_content": {"harmfulness_score": adult, "prompts": 3},
@@ -42,7 +42,8 @@ def test_tidy_has_a_row_per_run_benchmark_category_metric(tmp_path):
 
 
 def test_planted_correlation_and_null_match_scipy_with_fdr_and_bootstrap(tmp_path):
-    truth = write_runs(tmp_path, count=14)
+    truth = write_runs(tmp_path, count=40, noise=1.0)
+    planted = 0.7 * np.sqrt(25 / 12) / np.sqrt(0.49 * 25 / 12 + 1.0)  # population r of score = 0.7 h + N(0, 1)
     table = tidy([str(tmp_path / "run*")])
     result, skipped = correlations(table, {"hexphi": "harmfulness_score"}, resamples=999)
     adult = result[(result.category == "adult_content")].set_index("value")
@@ -53,12 +54,12 @@ def test_planted_correlation_and_null_match_scipy_with_fdr_and_bootstrap(tmp_pat
     assert adult.loc["Hedonism", "pearson_r"] == pytest.approx(r) and adult.loc["Hedonism", "pearson_p"] == pytest.approx(p)
     rho, _ = stats.spearmanr(power, y)
     assert adult.loc["Power", "spearman_r"] == pytest.approx(rho)
-    assert adult.loc["Hedonism", "pearson_r"] > 0.9 and adult.loc["Hedonism", "pearson_q"] < 0.01
+    assert adult.loc["Hedonism", "pearson_r"] > 0.5 and adult.loc["Hedonism", "pearson_q"] < 0.01
     assert adult.loc["Power", "pearson_q"] > 0.05  # the planted null is not significant after FDR
     expected_q = multipletests(result["pearson_p"], method="fdr_bh")[1]
     assert np.allclose(result["pearson_q"], expected_q)
-    assert adult.loc["Hedonism", "pearson_ci_low"] < r < adult.loc["Hedonism", "pearson_ci_high"]
-    assert adult.loc["Hedonism", "pearson_ci_low"] > 0.5
+    assert adult.loc["Hedonism", "pearson_ci_low"] < planted < adult.loc["Hedonism", "pearson_ci_high"]
+    assert adult.loc["Hedonism", "pearson_ci_low"] > 0.3
     assert skipped.empty
 
 
