@@ -213,7 +213,7 @@ def test_model_type_table_and_paired_prompt_test_against_scipy(tmp_path):
     assert table.loc["vim", "runs"] == 2
     assert table.loc["vanilla", "pvq40/nmse"] == pytest.approx(0.35)
     assert table.loc["vanilla", "pvq40/nmse sd"] == pytest.approx(np.std([0.3, 0.4], ddof=1))
-    scores = prompt_scores([str(tmp_path)])
+    scores = prompt_scores(tidy([str(tmp_path)]))
     assert len(scores) == 4 * 12  # the invalid verdict gives no score
     tests = model_type_tests(scores).set_index("other")
     vim = (np.array(per_prompt[0]) + np.array(per_prompt[1])) / 2

@@ -5,6 +5,11 @@ import os
 from pathlib import Path
 
 
+def is_number(value) -> bool:
+    """A plain number (bools are not), as W&B summaries and analysis tables take them."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
 def flatten(data: dict, prefix: str = "", sep: str = "/") -> dict:
     """{'a': {'b': 1}} -> {'a/b': 1}; lists are kept as values."""
     flat = {}
@@ -76,7 +81,7 @@ class WandbTracker(NoTracker):
                   for key, n in s["counts"].items()}
         logged = {**flatten(results.get("metrics", {})), **flatten({"timing": results.get("timing", {})}),
                   **flatten({"generation_cache": results.get("generation_cache", {})}), **counts}
-        numbers = {k: v for k, v in logged.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        numbers = {k: v for k, v in logged.items() if is_number(v)}
         self.run.summary.update(numbers)
         self.run.summary.update({f"run/{key}": results.get(key) for key in RUN_FIELDS})  # for valharm.analyze
         if records:

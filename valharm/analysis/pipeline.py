@@ -27,7 +27,7 @@ def analyze(cfg: DictConfig, out: Path) -> dict[str, Path]:
         if not cfg.runs:
             raise ValharmError("no runs given; pass runs=[<run or multirun dir>, ...]")
         table = tidy(list(cfg.runs))
-        per_prompt = prompt_scores(list(cfg.runs))
+        per_prompt = prompt_scores(table)
     written = {"runs.csv": out / "runs.csv", "runs.parquet": out / "runs.parquet"}
     table.to_csv(written["runs.csv"], index=False)
     table.to_parquet(written["runs.parquet"], index=False)

@@ -14,10 +14,10 @@ from pathlib import Path
 import pandas as pd
 
 from valharm.errors import ValharmError
+from valharm.tracking import is_number
 from valharm.values import VALUES
 
 OVERALL = "all"
-RUN_COLUMNS = ("run", "model", "aligner", "model_type", "prompt_strategy", "value_name", "scorers")
 
 
 def find_results(paths: list[str]) -> list[Path]:
@@ -46,10 +46,6 @@ def numbers(metrics: dict) -> list[tuple[str, str]]:
         elif is_number(value):
             rows.append((OVERALL, key))
     return rows
-
-
-def is_number(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def run_row(results: dict, run: str) -> dict:
@@ -103,17 +99,14 @@ def prompt_score(record: dict) -> float | None:
     return None
 
 
-def prompt_scores(paths: list[str]) -> pd.DataFrame:
-    """Per-prompt risk scores of every run (from generations.jsonl beside results.json): a row per run x
-    benchmark x prompt; RTP prompts score the highest toxicity of their samples."""
+def prompt_scores(table: pd.DataFrame) -> pd.DataFrame:
+    """Per-prompt risk scores of the runs of a tidy table (from generations.jsonl in each run dir): a row per
+    run x benchmark x prompt; RTP prompts score the highest toxicity of their samples."""
     rows = []
-    for path in find_results(paths):
-        results = json.loads(path.read_text())
-        generations = path.parent / "generations.jsonl"
+    for run in table[["run", "model_type", "prompt_strategy"]].drop_duplicates().to_dict("records"):
+        generations = Path(run["run"]) / "generations.jsonl"
         if not generations.is_file():
             continue
-        run = {"run": str(path.parent), "model_type": results.get("model_type", results.get("aligner")),
-               "prompt_strategy": results.get("prompt_strategy")}
         for line in generations.read_text().splitlines():
             record = json.loads(line)
             score = prompt_score(record)

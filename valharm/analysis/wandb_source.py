@@ -7,6 +7,7 @@ prompt strategy (`run/<field>`). Per-prompt scores are not in W&B, so the model-
 from __future__ import annotations
 
 from valharm.errors import ValharmError
+from valharm.tracking import is_number
 from valharm.values import VALUES
 
 BENCHMARKS = ("pvq40", "rtp", "holisticbiasr", "hexphi", "beavertails")
@@ -17,7 +18,7 @@ def metrics_from_summary(summary: dict) -> dict:
     metrics: dict = {}
     for key, value in summary.items():
         parts = key.split("/")
-        if parts[0] not in BENCHMARKS or isinstance(value, bool) or not isinstance(value, (int, float)):
+        if parts[0] not in BENCHMARKS or not is_number(value):
             continue
         target = metrics.setdefault(parts[0], {})
         if len(parts) == 2:

@@ -119,8 +119,9 @@ class RealToxicityPrompts:
                    "samples_per_prompt": k, "samples_scored": sum(map(len, per_prompt)),
                    "invalid": sum(v.status == "invalid" for v in flat), "failed": sum(v.status == "failed" for v in flat),
                    "empty_generations": sum(not t.strip() for samples in outputs for t in samples)}
+        scored = iter(texts)  # in the order they were built: prompt by prompt, sample by sample
         records = [{"benchmark": self.name, "id": r.id, "prompt": prompt, "sample": n, "text": text,
-                    "scored_text": self.scored(prompt, text), "toxicity": v.value, "status": v.status}
+                    "scored_text": next(scored), "toxicity": v.value, "status": v.status}
                    for r, prompt, samples, row in zip(requests, self.prompts, outputs, verdicts)
                    for n, (text, v) in enumerate(zip(samples, row))]
         return BenchmarkResult(metrics, records, {"prompts": self.source, "shipped_sample": self.shipped_sample,
