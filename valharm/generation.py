@@ -151,6 +151,7 @@ class HFGenerator:
     """Batched generation with a transformers model on one device (see the module docstring)."""
 
     name = "hf"
+    needs_weights = True
 
     def __init__(self, batch_size: int = 256, seed: int = 0, progress: bool = True, device: str = "auto",
                  share_prefix: bool = True, top_p_candidates: int = 64, compact_fraction: float = 0.25,
@@ -159,6 +160,10 @@ class HFGenerator:
         self.device = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
         self.share_prefix, self.top_p_candidates = share_prefix, top_p_candidates
         self.compact_fraction, self.preallocate = compact_fraction, preallocate
+
+    def identity(self) -> str:
+        """What outputs depend on besides the model and prompt (the cache namespace): nothing more here."""
+        return self.name
 
     @torch.inference_mode()
     def generate(self, model, tokenizer, requests: list[GenerationRequest], desc: str = "generate",

@@ -31,12 +31,24 @@ def config_width(config) -> int:
     return config.get_text_config().hidden_size
 
 
+class ChatPrompt(str):
+    """A chat prompt rendered with the model's template, which keeps its messages: a serving backend sends
+    the messages to a chat endpoint; local generation and cache keys use the rendered text."""
+
+    messages: tuple[dict, ...]
+
+    def __new__(cls, text: str, messages: list[dict]):
+        prompt = super().__new__(cls, text)
+        prompt.messages = tuple(messages)
+        return prompt
+
+
 @dataclass
 class LoadedModel:
     """A causal LM with its tokenizer and the way prompts are written for it."""
 
     name: str
-    model: torch.nn.Module
+    model: torch.nn.Module | None  # None: tokenizer only (generation runs on a server)
     tokenizer: object
     prompt_format: str = "chat"
 
@@ -45,7 +57,8 @@ class LoadedModel:
         if self.prompt_format == "chat":
             messages = ([{"role": "system", "content": system}] if system else []) + [
                 {"role": "user", "content": user}]
-            return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+            return ChatPrompt(self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True),
+                              messages)
         return self.bos_text + PLAIN_TEMPLATE.format(system=f"{system}\n\n" if system else "", user=user)
 
     @functools.cached_property
@@ -108,15 +121,17 @@ class HubModel:
         except OSError as err:
             raise self._not_found(err) from None
 
-    def load(self, dtype: torch.dtype | None = None) -> LoadedModel:
-        """Tokenizer and model, the weights in `dtype` (None: as stored)."""
+    def load(self, dtype: torch.dtype | None = None, weights: bool = True) -> LoadedModel:
+        """Tokenizer and model, the weights in `dtype` (None: as stored). `weights=False`: the tokenizer only
+        (generation runs on a server)."""
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         kwargs = {"revision": self.revision}
         try:
             tokenizer = AutoTokenizer.from_pretrained(self.hub_id, **kwargs)
             model = AutoModelForCausalLM.from_pretrained(
-                self.hub_id, dtype=dtype or "auto", attn_implementation=self.attn_implementation, **kwargs)
+                self.hub_id, dtype=dtype or "auto", attn_implementation=self.attn_implementation,
+                **kwargs) if weights else None
         except OSError as err:
             raise self._not_found(err) from None
         return LoadedModel(self.name, model, prepare_tokenizer(tokenizer, self.prompt_format, self.name),
@@ -173,8 +188,8 @@ class PackagedGGUFModel:
     def width(self) -> int:
         return self._folder().width()
 
-    def load(self, dtype: torch.dtype | None = None) -> LoadedModel:
-        return self._folder().load(dtype)
+    def load(self, dtype: torch.dtype | None = None, weights: bool = True) -> LoadedModel:
+        return self._folder().load(dtype, weights)
 
 
 @dataclass
@@ -197,8 +212,8 @@ class TinyLlama:
     def width(self) -> int:
         return self.hidden_size
 
-    def load(self, dtype: torch.dtype | None = None) -> LoadedModel:
-        """The model built in fp32 (then cast to `dtype`)."""
+    def load(self, dtype: torch.dtype | None = None, weights: bool = True) -> LoadedModel:
+        """The model built in fp32 (then cast to `dtype`); `weights=False`: the tokenizer only."""
         from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
         if self.tokenizer_from is None:
@@ -206,6 +221,8 @@ class TinyLlama:
         source = self.tokenizer_from
         directory = source.local_dir() if isinstance(source, PackagedGGUFModel) else source.hub_id
         tokenizer = prepare_tokenizer(AutoTokenizer.from_pretrained(directory), self.prompt_format, self.name)
+        if not weights:
+            return LoadedModel(self.name, None, tokenizer, self.prompt_format)
         config = LlamaConfig(
             vocab_size=len(tokenizer), hidden_size=self.hidden_size, intermediate_size=2 * self.hidden_size,
             num_hidden_layers=self.num_layers, num_attention_heads=self.num_heads,

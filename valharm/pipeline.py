@@ -8,6 +8,7 @@ import logging
 import math
 import os
 import platform
+import shutil
 import time
 from importlib.metadata import version
 from pathlib import Path
@@ -25,13 +26,16 @@ from valharm.generation import GenerationRequest, cached_run
 from valharm.precision import Precision, choose, hardware
 from valharm.prompting import Prompter
 from valharm.scoring.judges import Judge
-from valharm.tracking import flatten
+from valharm.tracking import NoTracker, flatten
+from valharm.training import main_process
+
+log = logging.getLogger("valharm")
 
 ADAPTER_ORIGIN = "valharm.yaml"  # written next to a trained adapter: aligner, model and value configs
 PACKAGES = ("valharm", "torch", "transformers", "peft", "lightning", "hydra-core", "wandb", "alt-profanity-check",
             "vaderSentiment", "openai")
 # where things are kept and how they show, not what is computed: top-level keys, and leaf keys at any depth
-NOT_FINGERPRINTED = ("skip_finished", "paths", "logger", "cache")
+NOT_FINGERPRINTED = ("skip_finished", "paths", "logger", "cache", "threads")
 NOT_FINGERPRINTED_LEAVES = ("progress", "cache_path")
 
 
@@ -86,8 +90,6 @@ def write_json_atomic(path: Path, data) -> None:
 
 def build_tracker(logger_cfg: DictConfig | None):
     """The configured tracker (`logger=wandb`), or none (`logger=none`)."""
-    from valharm.tracking import NoTracker
-
     configs = [c for c in (logger_cfg or {}).values() if c is not None]
     if len(configs) > 1:
         raise ValharmError(f"one logger at a time, got {', '.join(logger_cfg)}; choose one with logger=...")
@@ -162,7 +164,7 @@ def generation_namespace(cfg: DictConfig, parts: dict, alignment: Alignment) -> 
     return "generation/" + digest({"model": OmegaConf.to_container(cfg.model, resolve=True),
                                    "adapter": adapter_digest(alignment.adapter_dir),
                                    "dtype": parts["precision"]["generation"].name,
-                                   "generator": parts["generator"].name, "seed": parts["generator"].seed})
+                                   "generator": parts["generator"].identity(), "seed": parts["generator"].seed})
 
 
 def scorer_report(scorers: dict) -> dict:
@@ -173,6 +175,73 @@ def scorer_report(scorers: dict) -> dict:
         for one in (scorer.used() if isinstance(scorer, Judge) else [scorer]):
             report[one.id] = {"role": role, **one.record(), "counts": dict(sorted(one.counts.items()))}
     return report
+
+
+def usable_cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def job_threads(setting) -> int | None:
+    """Torch threads for this job: `threads=auto` shares the cores among the jobs a parallel launcher runs at
+    once (joblib: n_jobs; submitit/SLURM: the job's cpus_per_task); an int is taken as is; null leaves torch's
+    default (OMP_NUM_THREADS)."""
+    if setting != "auto":
+        return setting
+    launcher = HydraConfig.get().launcher
+    target = str(launcher.get("_target_", "")).lower()
+    if "joblib" in target:
+        cores, n_jobs = usable_cores(), launcher.n_jobs
+        at_once = cores + 1 + n_jobs if n_jobs < 0 else n_jobs  # joblib: -1 is every core, -2 all but one
+        return max(1, cores // max(1, at_once))
+    if "submitit" in target and launcher.get("cpus_per_task"):
+        return launcher.cpus_per_task
+    return None
+
+
+def set_threads(setting) -> None:
+    import torch
+
+    threads = job_threads(setting)
+    if threads:
+        torch.set_num_threads(threads)
+        log.info(f"{threads} torch thread(s) for this job (threads={setting})")
+
+
+def job_record(started: float) -> dict:
+    """Where and when the job ran: launcher, process, start and end (a parallel launcher's jobs overlap)."""
+    return {"launcher": HydraConfig.get().runtime.choices.get("hydra/launcher"), "pid": os.getpid(),
+            "started": started, "finished": time.time()}
+
+
+_BASE: dict = {}  # the base model evaluate jobs of this process share: key, bundle, jobs served, load time
+
+
+def load_base(cfg: DictConfig, parts: dict, dtype, weights: bool, shared: bool) -> tuple:
+    """The job's base model and how it was obtained. `shared` (evaluate jobs): one load per process serves
+    every job with the same model and precision — an adapter is attached for a job and removed after it."""
+    key = digest({"model": OmegaConf.to_container(cfg.model, resolve=True), "dtype": str(dtype), "weights": weights})
+    if shared and _BASE.get("key") == key:
+        _BASE["jobs"] += 1
+        log.info(f"base model {parts['model'].name} reused from an earlier job of this process "
+              f"(job {_BASE['jobs']} on this load)")
+        return _BASE["bundle"], {"loaded": False, "jobs_on_this_load": _BASE["jobs"], "load_s": _BASE["load_s"]}
+    _BASE.clear()
+    start = time.perf_counter()
+    bundle = parts["model"].load(dtype, weights=weights)
+    seconds = round(time.perf_counter() - start, 2)
+    log.info(f"base model {parts['model'].name} loaded in {seconds} s"
+          + (" (later evaluate jobs of this process reuse it)" if shared else ""))
+    if shared:
+        _BASE.update(key=key, bundle=bundle, jobs=1, load_s=seconds)
+    return bundle, {"loaded": True, "jobs_on_this_load": 1, "load_s": seconds}
+
+
+def detach_adapter(model) -> None:
+    """Remove a LoRA adapter attached for one job, leaving the shared base as it was loaded."""
+    from peft import PeftModel
+
+    if isinstance(model, PeftModel):
+        model.unload()
 
 
 def precision_plan(cfg: DictConfig, parts: dict, training: bool) -> dict[str, Precision]:
@@ -247,20 +316,25 @@ def run_job(cfg: DictConfig, job_type: str, align, trains: bool = False) -> dict
     """
     run_dir, name, group = run_context()
     results_path = run_dir / "results.json"
+    main = main_process()
+    started = time.time()
+    set_threads(cfg.get("threads"))
     resolved = OmegaConf.to_container(cfg, resolve=True)
     config_hash = fingerprint(resolved, adapter_digest(cfg.get("adapter_dir")))
     if results_path.exists() and cfg.skip_finished:
         previous = json.loads(results_path.read_text())
         failed = failed_items(previous)
         if previous.get("config_hash") == config_hash and not failed:
-            print(f"valharm: {results_path} is finished with this config and code; skipping it (skip_finished=false "
+            log.info(f"{results_path} is finished with this config and code; skipping it (skip_finished=false "
                   f"to redo it)")
             return previous
         why = (f"{failed} item(s) failed to score" if previous.get("config_hash") == config_hash else
                f"it was produced with another config or code "
                f"({', '.join(changed_keys(previous.get('config') or {}, resolved) or ['the code or the adapter'])} changed)")
-        print(f"valharm: {results_path}: {why}; running again (cached generations and scores are reused)")
+        log.info(f"{results_path}: {why}; running again (cached generations and scores are reused)")
     parts = build_components(cfg)
+    if not main:  # an extra DDP process: it trains, rank 0 tracks and writes
+        parts["tracker"] = NoTracker()
     parts["precision"] = precision_plan(cfg, parts, training=trains)
     value = parts["value"]
     config = {**flatten(resolved),
@@ -269,26 +343,67 @@ def run_job(cfg: DictConfig, job_type: str, align, trains: bool = False) -> dict
     tracker = parts["tracker"]
     tracker.start(run_dir, name, group, job_type, config)
     exit_code = 1
-    if results_path.exists():  # a redo: keep the earlier results aside, never beside half-new outputs
+    redo = results_path.exists()
+    if main and trains:
+        keep_training_state(run_dir, config_hash, resume=not redo)
+    if main and redo:  # keep the earlier results aside, never beside half-new outputs
         os.replace(results_path, run_dir / "results.previous.json")
     plan = parts["precision"]
+    generator = parts["generator"]
+    shared = job_type == "eval"
+    alignment = None
     try:
-        bundle = parts["model"].load(plan.get("training", plan["generation"]).dtype)
+        bundle, base_load = load_base(cfg, parts, plan.get("training", plan["generation"]).dtype,
+                                      weights=trains or generator.needs_weights, shared=shared)
         aligner_name, alignment = align(parts, bundle, run_dir, tracker)
-        alignment.model.to(plan["generation"].dtype)
+        if not main:
+            exit_code = 0
+            return None
+        if alignment.model is not None:
+            alignment.model.to(plan["generation"].dtype)
+        if hasattr(generator, "use_adapter"):  # a server: the adapter is addressed by name
+            generator.use_adapter(alignment.adapter_dir)
         namespace = generation_namespace(cfg, parts, alignment)
         metrics, records, info, timing, cache_counts = evaluate(bundle, alignment, parts, run_dir, namespace)
         results = results_record(cfg, parts, aligner_name, alignment, metrics, info, run_dir)
         results |= {"timing": timing, "generation_cache": {"namespace": namespace, **cache_counts},
-                    "config": resolved, "config_hash": config_hash, "code_version": code_version()}
+                    "base_model_load": base_load, "job": job_record(started), "config": resolved, "config_hash": config_hash,
+                    "code_version": code_version()}
         results["wandb"] = tracker.record()
         write_json_atomic(results_path, results)
         tracker.log_results(results, records)
         exit_code = 0
     finally:
+        if shared and alignment is not None:
+            detach_adapter(alignment.model)
         tracker.finish(exit_code)
-    print(f"valharm: results in {results_path}")
+    log.info(f"results in {results_path}")
     return results
+
+
+TRAINING_STATE = "stages"  # aligners keep each stage's checkpoints and best adapter here
+
+
+def keep_training_state(run_dir: Path, config_hash: str, resume: bool) -> None:
+    """Training state left by an interrupted attempt (no results.json) is resumed if it was made with this
+    config and code; otherwise training starts afresh."""
+    state = run_dir / TRAINING_STATE
+    marker = state / "config_hash"
+    if state.exists() and not (resume and marker.is_file() and marker.read_text() == config_hash):
+        log.info(f"{state} holds training of a finished run or of another config or code; training starts afresh")
+        shutil.rmtree(state)
+    state.mkdir(parents=True, exist_ok=True)
+    marker.write_text(config_hash)
+
+
+def check_process_launch(cfg: DictConfig) -> None:
+    """A multi-process strategy started by Lightning re-runs the command line, which only a single run allows."""
+    strategy = str(cfg.trainer.get("strategy", ""))
+    external = any(key in os.environ for key in ("LOCAL_RANK", "SLURM_NTASKS", "TORCHELASTIC_RUN_ID"))
+    if strategy.startswith("ddp") and HydraConfig.get().mode == RunMode.MULTIRUN and not external:
+        raise ValharmError(f"trainer.strategy={strategy} starts its extra processes by re-running the command line, "
+                           "which a local multirun cannot do; run one job at a time, or sweep with "
+                           "hydra/launcher=slurm and hydra.launcher.tasks_per_node=<devices> (SLURM starts them)")
 
 
 def train(cfg: DictConfig) -> dict | None:
@@ -299,6 +414,8 @@ def train(cfg: DictConfig) -> dict | None:
     aligner = instantiate(cfg.aligner)
     data = instantiate(cfg.dataset) if aligner.trains else None
     make_trainer = instantiate(cfg.trainer, _partial_=True) if aligner.trains else None
+    if aligner.trains:
+        check_process_launch(cfg)
     for name in ("lightning", "lightning.pytorch", "lightning.fabric"):  # imported by now
         logging.getLogger(name).handlers.clear()  # log once, through Hydra's handlers
 
@@ -311,7 +428,7 @@ def train(cfg: DictConfig) -> dict | None:
         alignment.model_type = alignment.model_type or aligner.name
         if data is not None:
             alignment.metrics["dataset"] = data.record()
-        if alignment.adapter_dir:  # resolved against the whole config: value configs point into paths.*
+        if alignment.adapter_dir and main_process():  # resolved against the whole config: value configs point into paths.*
             origin = {"aligner": aligner.name, "model_type": alignment.model_type,
                       **{key: OmegaConf.to_container(cfg[key], resolve=True) for key in ("model", "value")}}
             OmegaConf.save(origin, alignment.adapter_dir / ADAPTER_ORIGIN)
@@ -344,13 +461,13 @@ def evaluate_only(cfg: DictConfig) -> dict | None:
             if trained and not given_on_command_line(key):
                 cfg[key] = trained[key]
             elif not trained and not given_on_command_line(key):
-                print(f"valharm: {adapter_dir} has no {ADAPTER_ORIGIN}; using the default {key}="
+                log.info(f"{adapter_dir} has no {ADAPTER_ORIGIN}; using the default {key}="
                       f"{cfg[key].name} (pass {key}=... to choose)")
 
     def align(parts, bundle, run_dir, tracker):
         if adapter_dir is None:
             return aligner_name, Alignment(model=bundle.model)
-        return aligner_name, Alignment(model=load_adapter(bundle.model, adapter_dir), adapter_dir=adapter_dir,
-                                       model_type=model_type)
+        model = load_adapter(bundle.model, adapter_dir) if bundle.model is not None else None  # None: served
+        return aligner_name, Alignment(model=model, adapter_dir=adapter_dir, model_type=model_type)
 
     return run_job(cfg, "eval", align)

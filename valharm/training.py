@@ -1,7 +1,10 @@
 """Causal-LM LoRA training with Lightning: response-only loss, validation loss, best adapter kept."""
 from __future__ import annotations
 
+import json
+import logging
 import math
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +20,15 @@ from transformers.trainer_pt_utils import LengthGroupedSampler
 from valharm.errors import ValharmError
 from valharm.models import LoadedModel, encode_prompts
 
+log = logging.getLogger("valharm")
+
 IGNORE_INDEX = -100
+RANK_VARIABLES = ("RANK", "LOCAL_RANK", "NODE_RANK", "SLURM_PROCID")  # set by Lightning, torchrun and SLURM
+
+
+def main_process() -> bool:
+    """False in the extra processes of a multi-process (DDP) job: they train, and leave the rest to rank 0."""
+    return all(int(os.environ.get(key) or 0) == 0 for key in RANK_VARIABLES)
 
 
 @dataclass(frozen=True)
@@ -110,6 +121,12 @@ class LoRACausalLM(L.LightningModule):
         super().__init__()
         self.model = model
         self.lr, self.weight_decay, self.warmup_steps = lr, weight_decay, warmup_steps
+        self.strict_loading = False  # checkpoints hold the LoRA weights only (see on_save_checkpoint)
+
+    def on_save_checkpoint(self, checkpoint):
+        """Keep the trained (LoRA) weights only: the frozen base is the model config's, not the run's."""
+        trained = {name for name, p in self.named_parameters() if p.requires_grad}
+        checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in trained}
 
     def training_step(self, batch, batch_idx):
         loss = response_loss(self.model, batch)
@@ -130,7 +147,11 @@ class LoRACausalLM(L.LightningModule):
 
 
 class BestAdapterCheckpoint(L.Callback):
-    """Save the PEFT adapter (not the base) whenever the monitored validation loss improves."""
+    """Save the PEFT adapter (not the base) whenever the monitored validation loss improves.
+
+    Under DDP the validation loss is averaged over ranks and rank 0's decision is broadcast, so every rank
+    keeps the same epoch; rank 0 alone writes, and the others wait until the file is there.
+    """
 
     def __init__(self, dirpath: str | Path, monitor: str = "val_loss"):
         self.dirpath, self.monitor = Path(dirpath), monitor
@@ -141,37 +162,71 @@ class BestAdapterCheckpoint(L.Callback):
         if trainer.sanity_checking:
             return
         score = trainer.callback_metrics.get(self.monitor)
-        if score is not None and float(score) < self.best:
-            self.best, self.best_epoch = float(score), trainer.current_epoch
-            pl_module.model.save_pretrained(self.dirpath)
+        improved = trainer.strategy.broadcast(score is not None and float(score) < self.best, src=0)
+        if improved:
+            self.best, self.best_epoch = trainer.strategy.broadcast((float(score), trainer.current_epoch), src=0)
+            if trainer.is_global_zero:
+                pl_module.model.save_pretrained(self.dirpath)
+            trainer.strategy.barrier("best_adapter_saved")
+
+    def state_dict(self):
+        return {"best": self.best, "best_epoch": self.best_epoch}
+
+    def load_state_dict(self, state):
+        self.best, self.best_epoch = state["best"], state["best_epoch"]
+
+
+STAGE_DONE = "stage.json"  # a finished stage's metrics, next to its best adapter
+LAST_CHECKPOINT = "last.ckpt"  # LoRA weights, optimizer, schedule and loop state after the latest epoch
 
 
 def fit_adapter(peft_model, data: SupervisedDataModule, out_dir: Path, make_trainer: Callable[..., L.Trainer],
                 lr: float, seed: int, stage: str = "train", epochs: int = 1, accumulate: int = 1) -> dict:
     """Train one stage; reload the best adapter into `peft_model` and return the stage's metrics.
 
+    Resumable: a stage finished by an earlier, interrupted attempt is not trained again (its best adapter is
+    reloaded), and an unfinished one continues from its last epoch's checkpoint (adapter, optimizer, schedule).
     `make_trainer(stage=..., callbacks=..., default_root_dir=..., max_epochs=..., accumulate_grad_batches=...)`
     builds the Lightning Trainer (the `trainer` config plus the run's logger).
     """
+    out_dir = Path(out_dir)
+    if (out_dir / STAGE_DONE).is_file():
+        reload_adapter(peft_model, out_dir)
+        log.info(f"{stage}: finished by an earlier attempt; its best adapter is reloaded, not trained again")
+        return {**json.loads((out_dir / STAGE_DONE).read_text()), "resumed": "finished"}
+    last = out_dir / LAST_CHECKPOINT
+    resume = str(last) if last.is_file() else None
     L.seed_everything(seed, workers=True, verbose=False)
     checkpoint = BestAdapterCheckpoint(out_dir)
-    trainer = make_trainer(stage=stage, callbacks=[checkpoint], default_root_dir=str(out_dir), max_epochs=epochs,
-                           accumulate_grad_batches=accumulate)
+    latest = L.pytorch.callbacks.ModelCheckpoint(dirpath=out_dir, filename=last.stem, save_top_k=1,  # no monitor:
+                                                 enable_version_counter=False)  # the latest epoch, overwritten
+    trainer = make_trainer(stage=stage, callbacks=[checkpoint, latest], default_root_dir=str(out_dir),
+                           max_epochs=epochs, accumulate_grad_batches=accumulate)
     module = LoRACausalLM(peft_model, lr=lr)
     peft_model.train()
     start = time.perf_counter()
-    trainer.fit(module, datamodule=data)
+    if resume:
+        log.info(f"{stage}: resuming from {resume} (an earlier attempt was interrupted)")
+    trainer.fit(module, datamodule=data, ckpt_path=resume)
     seconds = time.perf_counter() - start
     peft_model.eval()
     if checkpoint.best_epoch is None:
         raise ValharmError(f"{stage}: validation never ran, so no adapter was kept; "
                            "keep trainer.limit_val_batches above 0")
     reload_adapter(peft_model, out_dir)
-    return {"best_val_loss": checkpoint.best, "best_epoch": checkpoint.best_epoch,
-            "train_examples": len(data.train), "valid_examples": len(data.valid), "dropped_examples": data.dropped,
-            "truncated_examples": data.truncated,
-            "steps": trainer.global_step, "epochs": trainer.current_epoch, "batch_size": data.batch_size,
-            "accumulate_grad_batches": accumulate, "precision": str(trainer.precision), "seconds": round(seconds, 1)}
+    metrics = {"best_val_loss": checkpoint.best, "best_epoch": checkpoint.best_epoch,
+               "train_examples": len(data.train), "valid_examples": len(data.valid), "dropped_examples": data.dropped,
+               "truncated_examples": data.truncated,
+               "steps": trainer.global_step, "epochs": trainer.current_epoch, "batch_size": data.batch_size,
+               "accumulate_grad_batches": accumulate, "precision": str(trainer.precision),
+               "seconds": round(seconds, 1), "resumed": "from_checkpoint" if resume else None,
+               "processes": trainer.world_size}
+    if trainer.is_global_zero:
+        tmp = out_dir / (STAGE_DONE + ".tmp")
+        tmp.write_text(json.dumps(metrics))
+        os.replace(tmp, out_dir / STAGE_DONE)
+    trainer.strategy.barrier("stage_done")
+    return metrics
 
 
 def reload_adapter(peft_model, adapter_dir: Path) -> None:

@@ -10,7 +10,7 @@ from valharm.aligners import Alignment
 from valharm.data.instructions import InstructionData
 from valharm.errors import ValharmError
 from valharm.models import LoadedModel, add_lora
-from valharm.training import SupervisedDataModule, fit_adapter
+from valharm.training import SupervisedDataModule, fit_adapter, main_process
 
 
 def split_examples(examples: list, valid_fraction: float, max_valid: int, seed: int) -> tuple[list, list]:
@@ -50,5 +50,6 @@ class SFTAligner:
                                       seed=self.seed, stage="sft", epochs=self.training["epochs"],
                                       accumulate=self.training["effective_batch_size"] // self.training["batch_size"])}
         adapter_dir = run_dir / "adapter"
-        model.save_pretrained(adapter_dir)
+        if main_process():
+            model.save_pretrained(adapter_dir)
         return Alignment(model=model, adapter_dir=adapter_dir, metrics=metrics, model_type=f"{self.name}_{data.name}")

@@ -18,7 +18,7 @@ from valharm.aligners import Alignment
 from valharm.errors import ValharmError
 from valharm.models import LoadedModel, add_lora
 from valharm.questionnaire import rating_answer, rating_prompt
-from valharm.training import Example, SupervisedDataModule, fit_adapter
+from valharm.training import Example, SupervisedDataModule, fit_adapter, main_process
 from valharm.values import VALUES, ValueDistribution
 
 STANCE_VERB = {"in favor of": "agree", "against": "disagree"}
@@ -124,5 +124,6 @@ class VIMAligner:
             metrics[stage] = fit_adapter(model, data, run_dir / "stages" / stage, make_trainer, lr=self.training["lr"],
                                          seed=self.seed, stage=stage, epochs=self.training["epochs"])
         adapter_dir = run_dir / "adapter"
-        model.save_pretrained(adapter_dir)
+        if main_process():
+            model.save_pretrained(adapter_dir)
         return Alignment(model=model, adapter_dir=adapter_dir, metrics=metrics)

@@ -1,0 +1,160 @@
+"""Scale-out as users run it: submitit and joblib launchers, a killed job resumed, DDP on two CPU processes,
+many adapters evaluated on one base load."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import run_cli
+
+ONLY_PVQ_RTP = ["~benchmark@benchmarks.holisticbiasr", "~benchmark@benchmarks.hexphi",
+                "~benchmark@benchmarks.beavertails", "benchmarks.rtp.num_prompts=4", "benchmarks.rtp.num_samples=2"]
+QUIET = ["generation.progress=false", "trainer.enable_progress_bar=false"]
+
+
+def results_of(sweep: Path) -> dict[str, dict]:
+    """results.json of every job of a sweep, by job number."""
+    return {p.parent.name.split("_")[0]: json.loads(p.read_text()) for p in sorted(sweep.glob("*/results.json"))}
+
+
+def job_dir(sweep: Path, number: int) -> Path:
+    found = list(sweep.glob(f"{number}_*"))
+    return found[0] if found else sweep / f"{number}_not_started"
+
+
+def process_writing(path: Path) -> int | None:
+    """The pid of the process that holds `path` open (a Hydra job keeps its run dir's log file open)."""
+    for fd_dir in Path("/proc").glob("[0-9]*/fd"):
+        try:
+            if any(os.readlink(fd) == str(path) for fd in fd_dir.iterdir()):
+                return int(fd_dir.parent.name)
+        except OSError:  # the process ended or is not ours
+            continue
+    return None
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="finds the job's process through /proc (Linux)")
+def test_submitit_jobs_run_as_processes_and_a_killed_one_resumes(shared_data, tmp_path):
+    sweep = tmp_path / "multirun"
+    command = [sys.executable, "-m", "valharm.train", "-m", "hydra/launcher=submitit_local", "value=power,hedonism",
+               "model=tiny", f"dataset.path={shared_data / 'valueEval_10.csv'}", "aligner.max_arguments=200",
+               "aligner.training.epochs=2", "aligner.training.lr=0.01",
+               *ONLY_PVQ_RTP, *QUIET, f"paths.cache_dir={tmp_path}/cache", f"hydra.sweep.dir={sweep}"]
+    first = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 300
+    while time.time() < deadline:
+        stage = job_dir(sweep, 1) / "stages" / "argument_generation"
+        if (stage / "last.ckpt").is_file() and not (stage / "stage.json").exists():
+            break
+        time.sleep(0.05)
+    victim = process_writing(job_dir(sweep, 1) / "train.log")
+    assert victim and victim != first.pid, "the hedonism job should run in a process of its own"
+    os.kill(victim, signal.SIGKILL)  # mid-training: after the first of two epochs of the first stage
+    first.communicate(timeout=300)
+    assert first.returncode != 0  # the launcher reports the lost job
+    done = results_of(sweep)
+    assert list(done) == ["0"]
+    power = done["0"]
+    assert power["value"]["name"] == "power"
+    assert power["job"]["launcher"] == "submitit_local" and power["job"]["pid"] != first.pid
+    assert not (stage / "stage.json").exists()
+
+    second = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
+    logs = [(job_dir(sweep, n) / "train.log").read_text() for n in (0, 1)]
+    assert "is finished with this config and code; skipping it" in logs[0]
+    assert "argument_generation: resuming from" in logs[1]
+    after = results_of(sweep)
+    assert after["0"] == power  # the finished job was not redone
+    hedonism = after["1"]
+    training = hedonism["training"]["argument_generation"]
+    assert training["resumed"] == "from_checkpoint" and training["epochs"] == 2
+    assert 0 < training["seconds"]  # only the epochs left
+    assert hedonism["training"]["agreement_prediction"]["resumed"] is None
+    rerun = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0 and results_of(sweep) == after  # nothing left to do: both skipped
+
+
+def test_joblib_runs_jobs_in_parallel_with_the_results_of_a_sequential_run(tmp_path):
+    jobs = ["aligner=vanilla,icl", "value=power,hedonism", "model=tiny", "logger=none", *ONLY_PVQ_RTP, *QUIET]
+    parallel = run_cli("valharm.train", "-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", *jobs,
+                       f"paths.cache_dir={tmp_path}/cache_parallel", f"hydra.sweep.dir={tmp_path}/parallel",
+                       cwd=tmp_path, env={"OMP_NUM_THREADS": "2"})
+    assert parallel.returncode == 0, parallel.stderr[-3000:]
+    sequential = run_cli("valharm.train", "-m", *jobs, f"paths.cache_dir={tmp_path}/cache_sequential",
+                         f"hydra.sweep.dir={tmp_path}/sequential", cwd=tmp_path)
+    assert sequential.returncode == 0, sequential.stderr[-3000:]
+    fast, slow = results_of(tmp_path / "parallel"), results_of(tmp_path / "sequential")
+    assert len(fast) == 4 and list(fast) == list(slow)
+    for name in fast:
+        assert fast[name]["metrics"] == slow[name]["metrics"], name
+        assert fast[name]["job"]["launcher"] == "joblib" and fast[name]["hardware"]["torch_threads"] == 1
+    assert len({r["job"]["pid"] for r in fast.values()}) == 2  # two worker processes
+    spans = sorted((r["job"]["started"], r["job"]["finished"]) for r in fast.values())
+    assert any(later[0] < earlier[1] for earlier, later in zip(spans, spans[1:]))  # jobs overlapped in time
+
+
+def test_ddp_trains_on_two_cpu_processes_and_rank_zero_alone_writes(tmp_path):
+    run_dir = tmp_path / "run"
+    out = run_cli("valharm.train", "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", "model=tiny",
+                  "aligner.max_arguments=40", "aligner.training.epochs=2", "aligner.training.lr=0.01", *ONLY_PVQ_RTP,
+                  *QUIET, f"paths.cache_dir={tmp_path}/cache", f"hydra.run.dir={run_dir}", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    results = json.loads((run_dir / "results.json").read_text())
+    for stage in ("argument_generation", "agreement_prediction"):
+        assert results["training"][stage]["processes"] == 2
+        assert results["training"][stage]["train_examples"] == 39  # split across the two processes
+        assert results["training"][stage]["steps"] == 2 * 3  # 2 epochs x ceil(20 / 8) batches per process
+    assert [p.name for p in tmp_path.rglob("adapter_config.json") if p.parent.name == "adapter"] == ["adapter_config.json"]
+    assert len(list(tmp_path.rglob("results.json"))) == 1
+    assert len(list((run_dir / "wandb").glob("offline-run-*"))) == 1
+    assert results["wandb"]["id"] in str(next((run_dir / "wandb").glob("offline-run-*")))
+
+
+def test_multirun_with_ddp_started_by_lightning_is_refused_with_a_way_out(tmp_path):
+    out = run_cli("valharm.train", "-m", "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", "model=tiny",
+                  "value=power,hedonism", f"hydra.sweep.dir={tmp_path}/multirun", cwd=tmp_path)
+    assert out.returncode != 0
+    assert "hydra/launcher=slurm" in out.stderr and "Traceback" not in out.stderr
+
+
+def make_adapters(tiny_bundle, root: Path, count: int) -> list[Path]:
+    """LoRA adapters of the tiny model with distinct random weights (as a training sweep leaves them)."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    dirs = []
+    for n in range(count):
+        model = get_peft_model(tiny_bundle.model, LoraConfig(r=4, target_modules=["q_proj", "v_proj"]))
+        with torch.no_grad():
+            for name, p in model.named_parameters():
+                if "lora_B" in name:
+                    p.copy_(torch.randn_like(p, generator=torch.Generator().manual_seed(n)))
+        model.save_pretrained(root / f"{n}_run" / "adapter")
+        model.unload()
+        dirs.append(root / f"{n}_run" / "adapter")
+    return dirs
+
+
+def test_four_adapters_are_evaluated_on_one_base_load(tiny_bundle, tmp_path):
+    adapters = make_adapters(tiny_bundle, tmp_path / "sweep", 4)
+    common = ["model=tiny", "value=power", *ONLY_PVQ_RTP, "generation.progress=false", f"paths.cache_dir={tmp_path}/cache"]
+    out = run_cli("valharm.evaluate", "-m", "adapter_dir=" + ",".join(map(str, adapters)), *common,
+                  f"hydra.sweep.dir={tmp_path}/evaluate", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.count("base model tiny loaded") == 1 and out.stdout.count("reused from an earlier job") == 3
+    results = list(results_of(tmp_path / "evaluate").values())
+    assert [r["base_model_load"]["loaded"] for r in results] == [True, False, False, False]
+    assert [r["base_model_load"]["jobs_on_this_load"] for r in results] == [1, 2, 3, 4]
+    assert len({json.dumps(r["metrics"]["pvq40"]) for r in results}) == 4  # each job used its own adapter
+    alone = run_cli("valharm.evaluate", f"adapter_dir={adapters[-1]}", *common, f"paths.cache_dir={tmp_path}/cache2",
+                    f"hydra.run.dir={tmp_path}/alone", cwd=tmp_path)
+    assert alone.returncode == 0, alone.stderr[-3000:]
+    assert json.loads((tmp_path / "alone" / "results.json").read_text())["metrics"] == results[-1]["metrics"]
+    assert (tmp_path / "alone" / "generations.jsonl").read_text() == (
+        job_dir(tmp_path / "evaluate", 3) / "generations.jsonl").read_text()
