@@ -121,3 +121,155 @@ def perspective_answer(body):
     score = min(1.0, 0.1 * len(re.findall(r"\bdamn\b", text)))
     return 200, {}, {"attributeScores": {"TOXICITY": {"summaryScore": {"value": score, "type": "PROBABILITY"}}},
                      "languages": ["en"]}
+
+
+class ModelServer:
+    """An OpenAI-compatible server (the parts of vLLM valharm uses) backed by a real transformers model.
+
+    GET /v1/models; POST /v1/completions (with echo + logprobs), /v1/chat/completions and
+    /v1/load_lora_adapter. `adapters` {name: path} are served from the start (vLLM's --lora-modules);
+    `fail_next` answers that many POSTs with a 500 first. `paths` and `models` count requests.
+    """
+
+    def __init__(self, bundle, name: str = "base", adapters: dict | None = None):
+        self.tokenizer, self.name = bundle.tokenizer, name
+        self.models = {name: bundle.model.eval()}
+        self.roots = {name: name}
+        self.paths: Counter = Counter()
+        self.models_used: Counter = Counter()
+        self.fail_next = 0
+        self.lock = threading.Lock()
+        for adapter, path in (adapters or {}).items():
+            self.load(adapter, path)
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):  # quiet
+                pass
+
+            def do_GET(self):
+                with server.lock:
+                    server.paths[self.path] += 1
+                if self.path != "/v1/models":
+                    return self.reply(404, {"error": {"message": "not found"}})
+                data = [{"id": model, "object": "model", "root": root, "parent": None if model == server.name
+                         else server.name} for model, root in server.roots.items()]
+                self.reply(200, {"object": "list", "data": data})
+
+            def do_POST(self):
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                with server.lock:
+                    server.paths[self.path] += 1
+                    fail, server.fail_next = server.fail_next > 0, max(0, server.fail_next - 1)
+                if fail:
+                    return self.reply(500, {"error": {"message": "server error"}}, {"retry-after-ms": "5"})
+                self.reply(*server.answer(self.path, body))
+
+            def reply(self, status, payload, headers=None):
+                data = payload.encode() if isinstance(payload, str) else json.dumps(payload).encode()
+                kind = "text/plain" if isinstance(payload, str) else "application/json"
+                try:
+                    self.send_response(status)
+                    for key, value in {"Content-Type": kind, **(headers or {})}.items():
+                        self.send_header(key, value)
+                    self.send_header("Content-Length", str(len(data)))
+                    self.end_headers()
+                    self.wfile.write(data)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+
+    url = FakeServer.url
+    __enter__ = FakeServer.__enter__
+    __exit__ = FakeServer.__exit__
+
+    def load(self, adapter: str, path: str) -> None:
+        """The base model with a PEFT adapter, as a model of its own."""
+        import copy
+
+        from peft import PeftModel
+
+        self.models[adapter] = PeftModel.from_pretrained(copy.deepcopy(self.models[self.name]), path).eval()
+        self.roots[adapter] = str(path)
+
+    def answer(self, path: str, body: dict) -> tuple[int, object]:
+        if path == "/v1/load_lora_adapter":
+            with self.lock:
+                if body["lora_name"] in self.models:
+                    message = f"The lora adapter '{body['lora_name']}' has already been loaded."
+                    return 400, {"error": {"message": message}}
+                try:
+                    self.load(body["lora_name"], body["lora_path"])
+                except ValueError as err:  # no adapter there
+                    return 400, {"error": {"message": f"Loading lora {body['lora_name']} failed: {err}"}}
+            return 200, f"Success: LoRA adapter '{body['lora_name']}' added successfully."
+        model = self.models.get(body.get("model"))
+        if model is None:
+            return 404, {"error": {"message": f"The model `{body.get('model')}` does not exist."}}
+        with self.lock:
+            self.models_used[body["model"]] += 1
+            if path == "/v1/chat/completions":
+                prompt = self.tokenizer.apply_chat_template(body["messages"], tokenize=False,
+                                                            add_generation_prompt=True)
+                texts, tokens = self.generate(model, prompt, body, add_special_tokens=False)
+                choices = [{"index": i, "message": {"role": "assistant", "content": t}, "finish_reason": "length"}
+                           for i, t in enumerate(texts)]
+            elif path == "/v1/completions" and body.get("echo") and body.get("logprobs") is not None:
+                return 200, self.echo(model, body)
+            elif path == "/v1/completions":
+                texts, tokens = self.generate(model, body["prompt"], body, add_special_tokens=True)
+                choices = [{"index": i, "text": t, "logprobs": None, "finish_reason": "length"}
+                           for i, t in enumerate(texts)]
+            else:
+                return 404, {"error": {"message": "not found"}}
+        return 200, {"id": "cmpl-1", "object": "text_completion", "created": 0, "model": body["model"],
+                     "choices": choices, "usage": {"prompt_tokens": 1, "completion_tokens": tokens,
+                                                   "total_tokens": 1 + tokens}}
+
+    def generate(self, model, prompt: str, body: dict, add_special_tokens: bool) -> tuple[list[str], int]:
+        """`n` texts of up to `max_tokens` new tokens (greedy at temperature 0) and their token count."""
+        import torch
+
+        tok = self.tokenizer
+        ids = tok(prompt, return_tensors="pt", add_special_tokens=add_special_tokens)["input_ids"]
+        n, temperature = body.get("n") or 1, body.get("temperature", 1.0)
+        sampling = dict(do_sample=True, temperature=temperature, top_p=body.get("top_p", 1.0), top_k=0) \
+            if temperature > 0 else dict(do_sample=False)
+        with torch.random.fork_rng(), torch.inference_mode():
+            torch.manual_seed(body.get("seed") or 0)
+            out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=body["max_tokens"],
+                                 num_return_sequences=n, pad_token_id=tok.pad_token_id, **sampling)
+        stop = model.generation_config.eos_token_id
+        stop = {stop} if isinstance(stop, int) else set(stop)
+        new = []  # each sequence up to and including its stop token (generate pads after it)
+        for row in out[:, ids.shape[1]:].tolist():
+            end = next((i + 1 for i, t in enumerate(row) if t in stop), len(row))
+            new.append(row[:end])
+        return tok.batch_decode(new, skip_special_tokens=True), sum(map(len, new))
+
+    def echo(self, model, body: dict) -> dict:
+        """The prompt's token log-probabilities and offsets, plus one greedy token (vLLM's echo + logprobs)."""
+        import torch
+
+        tok, prompt = self.tokenizer, body["prompt"]
+        encoded = tok(prompt, add_special_tokens=True, return_offsets_mapping=True)
+        ids = encoded["input_ids"]
+        with torch.inference_mode():
+            logprobs = model(input_ids=torch.tensor([ids])).logits[0].float().log_softmax(-1)
+        chosen = int(logprobs[-1].argmax())
+        all_ids = ids + [chosen]
+        values = [None] + [float(logprobs[j - 1, all_ids[j]]) for j in range(1, len(all_ids))]
+        tokens, end = [], 0  # token texts that add up to the echoed text, offsets counted along them (as vLLM)
+        for token, (_, stop) in zip(ids, encoded["offset_mapping"]):
+            tokens.append(prompt[end:stop] if stop else tok.convert_ids_to_tokens(token))  # an added BOS: '<s>'
+            end = max(end, stop)
+        tokens.append(tok.decode([chosen]))
+        offsets = [sum(map(len, tokens[:j])) for j in range(len(tokens))]
+        return {"id": "cmpl-1", "object": "text_completion", "created": 0, "model": body["model"],
+                "choices": [{"index": 0, "text": prompt + tokens[-1], "finish_reason": "length",
+                             "logprobs": {"tokens": tokens, "token_logprobs": values, "text_offset": offsets,
+                                          "top_logprobs": None}}],
+                "usage": {"prompt_tokens": len(ids), "completion_tokens": 1, "total_tokens": len(ids) + 1}}

@@ -163,7 +163,7 @@ def generation_namespace(cfg: DictConfig, parts: dict, alignment: Alignment) -> 
     """Whose generations these are: model, adapter, precision and the generator's seed (prompts key the rest)."""
     return "generation/" + digest({"model": OmegaConf.to_container(cfg.model, resolve=True),
                                    "adapter": adapter_digest(alignment.adapter_dir),
-                                   "dtype": parts["precision"]["generation"].name,
+                                   "dtype": parts["precision"]["generation"].name if "generation" in parts["precision"] else None,
                                    "generator": parts["generator"].identity(), "seed": parts["generator"].seed})
 
 
@@ -245,9 +245,11 @@ def detach_adapter(model) -> None:
 
 
 def precision_plan(cfg: DictConfig, parts: dict, training: bool) -> dict[str, Precision]:
-    """The precision of generation (and of training, for train jobs), from `precision` and the hardware."""
+    """The precision of local generation (none: a server generates) and of training, for train jobs, from
+    `precision` and the hardware."""
     width = parts["model"].width()
-    plan = {"generation": choose(cfg.precision, parts["generator"].device, width)}
+    generator = parts["generator"]
+    plan = {"generation": choose(cfg.precision, generator.device, width)} if generator.needs_weights else {}
     if training:
         if "precision" in cfg.trainer:
             raise ValharmError("trainer.precision is set by valharm; choose it with precision=auto|bf16|fp16|fp32")
@@ -296,6 +298,7 @@ def results_record(cfg: DictConfig, parts: dict, aligner_name: str, alignment: A
         "prompt_strategy_detail": parts["strategy"].record(parts["value"]),
         "scoring": scorer_report(parts["scorers"]),
         "generator": parts["generator"].name,
+        "served_model": getattr(parts["generator"], "served", None),  # generation=openai: the model (adapter) name
         "adapter_dir": str(alignment.adapter_dir) if alignment.adapter_dir else None,
         "system_prompt": alignment.system_prompt,
         "training": alignment.metrics,
@@ -353,13 +356,14 @@ def run_job(cfg: DictConfig, job_type: str, align, trains: bool = False) -> dict
     shared = job_type == "eval"
     alignment = None
     try:
-        bundle, base_load = load_base(cfg, parts, plan.get("training", plan["generation"]).dtype,
+        weights_precision = plan.get("training", plan.get("generation"))
+        bundle, base_load = load_base(cfg, parts, weights_precision.dtype if weights_precision else None,
                                       weights=trains or generator.needs_weights, shared=shared)
         aligner_name, alignment = align(parts, bundle, run_dir, tracker)
         if not main:
             exit_code = 0
             return None
-        if alignment.model is not None:
+        if "generation" in plan:
             alignment.model.to(plan["generation"].dtype)
         if hasattr(generator, "use_adapter"):  # a server: the adapter is addressed by name
             generator.use_adapter(alignment.adapter_dir)
