@@ -1,4 +1,4 @@
-# Two commands for a newcomer: `make demo` (set up + run the default job) and `make test`.
+# Two commands for a newcomer: `make demo` (set up + run the default job) and `make test` (+ `make test-slow`).
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -10,7 +10,7 @@ export WANDB_MODE ?= offline
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: setup demo study-smoke test test-fast bench bench-judge clean
+.PHONY: setup demo study-smoke test test-slow bench bench-judge clean
 
 setup: $(STAMP)
 
@@ -32,11 +32,12 @@ study-smoke: setup
 	$(BIN)/python -m valharm.train -m experiment=study_smoke
 	$(BIN)/python -m valharm.analyze 'runs=[outputs/study_smoke/runs]' hydra.run.dir=outputs/study_smoke/analysis
 
+# The suite without the end-to-end runs marked slow (under 10 minutes on 2 cores); test-slow runs those.
 test: setup
-	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q
-
-test-fast: setup
 	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -m "not slow"
+
+test-slow: setup
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -m slow
 
 bench: setup
 	$(BIN)/pip install --quiet -e ".[bench]"

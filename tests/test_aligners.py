@@ -114,7 +114,7 @@ def test_a_wrong_schema_names_the_missing_columns(tmp_path):
 
 def make_trainer(stage, **kwargs):
     return instantiate({"_target_": "lightning.pytorch.Trainer", "accelerator": "cpu", "logger": False,
-                        "enable_checkpointing": False, "enable_progress_bar": False, "enable_model_summary": False,
+                        "enable_checkpointing": True, "enable_progress_bar": False, "enable_model_summary": False,
                         "num_sanity_val_steps": 0}, **kwargs)
 
 

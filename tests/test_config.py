@@ -14,6 +14,7 @@ GROUPS = ["model", "aligner", "dataset", "value", "prompt_strategy", "generation
 LOCAL_STAND_INS = {  # remote backends pointed at what this machine has: keys from the environment, a local classifier
     ("scorer", "hf_classifier"): ["scorer.model={classifier}", "scorer.positive_label=other"],
     ("regard", "hf_classifier"): ["regard.model={classifier}", "+regard.label_map.LABEL_NEG=negative"],
+    ("generation", "openai"): ["generation.model=served-base", "generation.base_url=http://127.0.0.1:9/v1"],
 }
 
 

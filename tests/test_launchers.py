@@ -12,6 +12,8 @@ import pytest
 
 from conftest import run_cli
 
+from valharm.pipeline import usable_cores
+
 ONLY_PVQ_RTP = ["~benchmark@benchmarks.holisticbiasr", "~benchmark@benchmarks.hexphi",
                 "~benchmark@benchmarks.beavertails", "benchmarks.rtp.num_prompts=4", "benchmarks.rtp.num_samples=2"]
 QUIET = ["generation.progress=false", "trainer.enable_progress_bar=false"]
@@ -93,7 +95,8 @@ def test_joblib_runs_jobs_in_parallel_with_the_results_of_a_sequential_run(tmp_p
     assert len(fast) == 4 and list(fast) == list(slow)
     for name in fast:
         assert fast[name]["metrics"] == slow[name]["metrics"], name
-        assert fast[name]["job"]["launcher"] == "joblib" and fast[name]["hardware"]["torch_threads"] == 1
+        assert fast[name]["job"]["launcher"] == "joblib"
+        assert fast[name]["hardware"]["torch_threads"] == max(1, usable_cores() // 2)  # the cores shared by 2 jobs
     assert len({r["job"]["pid"] for r in fast.values()}) == 2  # two worker processes
     spans = sorted((r["job"]["started"], r["job"]["finished"]) for r in fast.values())
     assert any(later[0] < earlier[1] for earlier, later in zip(spans, spans[1:]))  # jobs overlapped in time
@@ -158,3 +161,21 @@ def test_four_adapters_are_evaluated_on_one_base_load(tiny_bundle, tmp_path):
     assert json.loads((tmp_path / "alone" / "results.json").read_text())["metrics"] == results[-1]["metrics"]
     assert (tmp_path / "alone" / "generations.jsonl").read_text() == (
         job_dir(tmp_path / "evaluate", 3) / "generations.jsonl").read_text()
+
+
+def test_training_state_of_another_config_or_a_finished_run_is_not_resumed(tmp_path):
+    from valharm.pipeline import keep_training_state
+
+    stage = tmp_path / "stages" / "vim"
+    stage.mkdir(parents=True)
+    (stage / "last.ckpt").write_text("epoch 1")
+    keep_training_state(tmp_path, "hash-a", resume=True)  # no marker: left by older code
+    assert not stage.exists() and (tmp_path / "stages" / "config_hash").read_text() == "hash-a"
+    stage.mkdir()
+    keep_training_state(tmp_path, "hash-a", resume=True)  # an interrupted attempt of this config
+    assert stage.exists()
+    keep_training_state(tmp_path, "hash-b", resume=True)  # another config
+    assert not stage.exists()
+    stage.mkdir()
+    keep_training_state(tmp_path, "hash-b", resume=False)  # a finished run done again
+    assert not stage.exists()

@@ -74,7 +74,7 @@ def train_tiny(spec, name, out_dir):
 
     def make_trainer(stage, **kwargs):
         return instantiate({"_target_": "lightning.pytorch.Trainer", "accelerator": "cpu",
-                            "precision": chosen.lightning, "logger": False, "enable_checkpointing": False,
+                            "precision": chosen.lightning, "logger": False, "enable_checkpointing": True,
                             "enable_progress_bar": False, "enable_model_summary": False,
                             "num_sanity_val_steps": 0}, **kwargs)
 

@@ -39,7 +39,7 @@ def test_training_lowers_loss_keeps_best_adapter_only_and_reloads_equal(tiny_spe
 
     def make_trainer(stage, **kwargs):
         return instantiate({"_target_": "lightning.pytorch.Trainer", "accelerator": "cpu",
-                            "logger": False, "enable_checkpointing": False, "enable_progress_bar": False,
+                            "logger": False, "enable_checkpointing": True, "enable_progress_bar": False,
                             "enable_model_summary": False, "num_sanity_val_steps": 0}, **kwargs)
 
     valid = collate(data.valid, bundle.tokenizer.pad_token_id)
@@ -80,7 +80,7 @@ def test_the_best_epochs_adapter_is_reloaded_not_the_last_epochs(tiny_spec, tmp_
 
     def make_trainer(stage, callbacks, **kwargs):
         return instantiate({"_target_": "lightning.pytorch.Trainer", "accelerator": "cpu",
-                            "logger": False, "enable_checkpointing": False, "enable_progress_bar": False,
+                            "logger": False, "enable_checkpointing": True, "enable_progress_bar": False,
                             "enable_model_summary": False, "num_sanity_val_steps": 0},
                            callbacks=[HarderLastValidation(data.valid, harder), *callbacks], **kwargs)
 
@@ -94,8 +94,18 @@ def test_the_best_epochs_adapter_is_reloaded_not_the_last_epochs(tiny_spec, tmp_
     assert torch.equal(live, best) and not torch.allclose(best, base)
 
 
+class OneProcess:
+    def broadcast(self, obj, src=0):
+        return obj
+
+    def barrier(self, name=None):
+        pass
+
+
 class FakeTrainer:
     sanity_checking = False
+    is_global_zero = True
+    strategy = OneProcess()
 
     def __init__(self):
         self.callback_metrics, self.current_epoch = {}, 0

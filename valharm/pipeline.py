@@ -161,9 +161,10 @@ def adapter_digest(adapter_dir: Path | None) -> str | None:
 
 def generation_namespace(cfg: DictConfig, parts: dict, alignment: Alignment) -> str:
     """Whose generations these are: model, adapter, precision and the generator's seed (prompts key the rest)."""
+    local = parts["precision"].get("generation")  # none when a server generates
     return "generation/" + digest({"model": OmegaConf.to_container(cfg.model, resolve=True),
                                    "adapter": adapter_digest(alignment.adapter_dir),
-                                   "dtype": parts["precision"]["generation"].name if "generation" in parts["precision"] else None,
+                                   "dtype": local.name if local else None,
                                    "generator": parts["generator"].identity(), "seed": parts["generator"].seed})
 
 
@@ -223,14 +224,14 @@ def load_base(cfg: DictConfig, parts: dict, dtype, weights: bool, shared: bool) 
     if shared and _BASE.get("key") == key:
         _BASE["jobs"] += 1
         log.info(f"base model {parts['model'].name} reused from an earlier job of this process "
-              f"(job {_BASE['jobs']} on this load)")
+                 f"(job {_BASE['jobs']} on this load)")
         return _BASE["bundle"], {"loaded": False, "jobs_on_this_load": _BASE["jobs"], "load_s": _BASE["load_s"]}
     _BASE.clear()
     start = time.perf_counter()
     bundle = parts["model"].load(dtype, weights=weights)
     seconds = round(time.perf_counter() - start, 2)
     log.info(f"base model {parts['model'].name} loaded in {seconds} s"
-          + (" (later evaluate jobs of this process reuse it)" if shared else ""))
+             + (" (later evaluate jobs of this process reuse it)" if shared else ""))
     if shared:
         _BASE.update(key=key, bundle=bundle, jobs=1, load_s=seconds)
     return bundle, {"loaded": True, "jobs_on_this_load": 1, "load_s": seconds}
@@ -324,12 +325,15 @@ def run_job(cfg: DictConfig, job_type: str, align, trains: bool = False) -> dict
     set_threads(cfg.get("threads"))
     resolved = OmegaConf.to_container(cfg, resolve=True)
     config_hash = fingerprint(resolved, adapter_digest(cfg.get("adapter_dir")))
-    if results_path.exists() and cfg.skip_finished:
+    redo = results_path.exists()
+    resume_training = not redo  # interrupted; or finished with failed items (below): keep the trained stages
+    if redo and cfg.skip_finished:
         previous = json.loads(results_path.read_text())
         failed = failed_items(previous)
+        resume_training = previous.get("config_hash") == config_hash
         if previous.get("config_hash") == config_hash and not failed:
             log.info(f"{results_path} is finished with this config and code; skipping it (skip_finished=false "
-                  f"to redo it)")
+                     f"to redo it)")
             return previous
         why = (f"{failed} item(s) failed to score" if previous.get("config_hash") == config_hash else
                f"it was produced with another config or code "
@@ -344,11 +348,11 @@ def run_job(cfg: DictConfig, job_type: str, align, trains: bool = False) -> dict
               **flatten({"value": {**value.as_dict(), "name": value.name, "coding": value.coding}}),
               **{f"precision/{path}": p.name for path, p in parts["precision"].items()}}
     tracker = parts["tracker"]
-    tracker.start(run_dir, name, group, job_type, config)
+    tracker.start(run_dir, name, group, job_type, config,  # attempts of one job (requeued, resumed) share a run
+                  run_id=digest({"run_dir": str(run_dir.resolve()), "config": config_hash})[:16])
     exit_code = 1
-    redo = results_path.exists()
     if main and trains:
-        keep_training_state(run_dir, config_hash, resume=not redo)
+        keep_training_state(run_dir, config_hash, resume=resume_training)
     if main and redo:  # keep the earlier results aside, never beside half-new outputs
         os.replace(results_path, run_dir / "results.previous.json")
     plan = parts["precision"]
@@ -371,8 +375,8 @@ def run_job(cfg: DictConfig, job_type: str, align, trains: bool = False) -> dict
         metrics, records, info, timing, cache_counts = evaluate(bundle, alignment, parts, run_dir, namespace)
         results = results_record(cfg, parts, aligner_name, alignment, metrics, info, run_dir)
         results |= {"timing": timing, "generation_cache": {"namespace": namespace, **cache_counts},
-                    "base_model_load": base_load, "job": job_record(started), "config": resolved, "config_hash": config_hash,
-                    "code_version": code_version()}
+                    "base_model_load": base_load, "job": job_record(started), "config": resolved,
+                    "config_hash": config_hash, "code_version": code_version()}
         results["wandb"] = tracker.record()
         write_json_atomic(results_path, results)
         tracker.log_results(results, records)
@@ -389,8 +393,8 @@ TRAINING_STATE = "stages"  # aligners keep each stage's checkpoints and best ada
 
 
 def keep_training_state(run_dir: Path, config_hash: str, resume: bool) -> None:
-    """Training state left by an interrupted attempt (no results.json) is resumed if it was made with this
-    config and code; otherwise training starts afresh."""
+    """Training state left by an attempt that did not finish (or finished with items left to score) is resumed if
+    it was made with this config and code; otherwise training starts afresh."""
     state = run_dir / TRAINING_STATE
     marker = state / "config_hash"
     if state.exists() and not (resume and marker.is_file() and marker.read_text() == config_hash):
@@ -432,7 +436,7 @@ def train(cfg: DictConfig) -> dict | None:
         alignment.model_type = alignment.model_type or aligner.name
         if data is not None:
             alignment.metrics["dataset"] = data.record()
-        if alignment.adapter_dir and main_process():  # resolved against the whole config: value configs point into paths.*
+        if alignment.adapter_dir and main_process():  # resolved against the whole config (values use paths.*)
             origin = {"aligner": aligner.name, "model_type": alignment.model_type,
                       **{key: OmegaConf.to_container(cfg[key], resolve=True) for key in ("model", "value")}}
             OmegaConf.save(origin, alignment.adapter_dir / ADAPTER_ORIGIN)
@@ -466,7 +470,7 @@ def evaluate_only(cfg: DictConfig) -> dict | None:
                 cfg[key] = trained[key]
             elif not trained and not given_on_command_line(key):
                 log.info(f"{adapter_dir} has no {ADAPTER_ORIGIN}; using the default {key}="
-                      f"{cfg[key].name} (pass {key}=... to choose)")
+                         f"{cfg[key].name} (pass {key}=... to choose)")
 
     def align(parts, bundle, run_dir, tracker):
         if adapter_dir is None:

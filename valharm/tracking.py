@@ -37,7 +37,7 @@ class NoTracker:
 
     run = None
 
-    def start(self, run_dir: Path, name: str, group: str, job_type: str, config: dict) -> None:
+    def start(self, run_dir: Path, name: str, group: str, job_type: str, config: dict, run_id: str | None = None) -> None:
         pass
 
     def lightning_logger(self, stage: str):
@@ -61,13 +61,14 @@ class WandbTracker(NoTracker):
         self.project, self.mode, self.entity, self.group = project, mode, entity, group
         self.tags, self.table_rows = list(tags or []), table_rows
 
-    def start(self, run_dir, name, group, job_type, config):
+    def start(self, run_dir, name, group, job_type, config, run_id=None):
+        """`run_id`: the same for every attempt of one job, so a requeued job continues its W&B run."""
         import wandb
 
         os.environ.setdefault("WANDB_SILENT", "true")
         self.run = wandb.init(project=self.project, entity=self.entity, mode=self.mode, dir=str(run_dir),
                               name=name, group=self.group or group, job_type=job_type, tags=self.tags,
-                              config=config, reinit="finish_previous")
+                              config=config, reinit="finish_previous", id=run_id, resume="allow" if run_id else None)
 
     def lightning_logger(self, stage):
         from lightning.pytorch.loggers import WandbLogger
