@@ -48,15 +48,16 @@ def test_submitit_jobs_run_as_processes_and_a_killed_one_resumes(shared_data, tm
                "aligner.training.epochs=2", "aligner.training.lr=0.01",
                *ONLY_PVQ_RTP, *QUIET, f"paths.cache_dir={tmp_path}/cache", f"hydra.sweep.dir={sweep}"]
     first = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    deadline = time.time() + 300
-    while time.time() < deadline:
-        stage = job_dir(sweep, 1) / "stages" / "argument_generation"
-        if (stage / "last.ckpt").is_file() and not (stage / "stage.json").exists():
-            break
+    stages = ["argument_generation", "agreement_prediction"]
+    deadline, interrupted = time.time() + 300, None
+    while interrupted is None and time.time() < deadline:  # a stage after its first of two epochs
+        found = [s for s in stages if (job_dir(sweep, 1) / "stages" / s / "last.ckpt").is_file()
+                 and not (job_dir(sweep, 1) / "stages" / s / "stage.json").exists()]
+        interrupted = found[0] if found else None
         time.sleep(0.05)
     victim = process_writing(job_dir(sweep, 1) / "train.log")
-    assert victim and victim != first.pid, "the hedonism job should run in a process of its own"
-    os.kill(victim, signal.SIGKILL)  # mid-training: after the first of two epochs of the first stage
+    assert interrupted and victim and victim != first.pid, "the hedonism job should train in a process of its own"
+    os.kill(victim, signal.SIGKILL)
     first.communicate(timeout=300)
     assert first.returncode != 0  # the launcher reports the lost job
     done = results_of(sweep)
@@ -64,20 +65,21 @@ def test_submitit_jobs_run_as_processes_and_a_killed_one_resumes(shared_data, tm
     power = done["0"]
     assert power["value"]["name"] == "power"
     assert power["job"]["launcher"] == "submitit_local" and power["job"]["pid"] != first.pid
-    assert not (stage / "stage.json").exists()
+    assert not (job_dir(sweep, 1) / "stages" / interrupted / "stage.json").exists()
 
     second = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
     logs = [(job_dir(sweep, n) / "train.log").read_text() for n in (0, 1)]
     assert "is finished with this config and code; skipping it" in logs[0]
-    assert "argument_generation: resuming from" in logs[1]
+    assert f"{interrupted}: resuming from" in logs[1]
     after = results_of(sweep)
     assert after["0"] == power  # the finished job was not redone
-    hedonism = after["1"]
-    training = hedonism["training"]["argument_generation"]
-    assert training["resumed"] == "from_checkpoint" and training["epochs"] == 2
-    assert 0 < training["seconds"]  # only the epochs left
-    assert hedonism["training"]["agreement_prediction"]["resumed"] is None
+    training = after["1"]["training"]
+    position = stages.index(interrupted)
+    assert training[interrupted]["resumed"] == "from_checkpoint" and training[interrupted]["epochs"] == 2
+    assert training[interrupted]["epochs_before_resume"] == 1  # only the second epoch ran again
+    assert all(training[s]["resumed"] == "finished" for s in stages[:position])  # reloaded, not retrained
+    assert all(training[s]["resumed"] is None for s in stages[position + 1:])
     rerun = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert rerun.returncode == 0 and results_of(sweep) == after  # nothing left to do: both skipped
 
@@ -179,3 +181,21 @@ def test_training_state_of_another_config_or_a_finished_run_is_not_resumed(tmp_p
     stage.mkdir()
     keep_training_state(tmp_path, "hash-b", resume=False)  # a finished run done again
     assert not stage.exists()
+
+
+def test_the_slurm_preset_composes_on_submitit_and_everything_is_overridable():
+    from hydra import compose, initialize_config_dir
+
+    from conftest import ROOT
+
+    overrides = ["hydra/launcher=slurm", "hydra.launcher.partition=gpu", "hydra.launcher.gpus_per_node=4",
+                 "hydra.launcher.tasks_per_node=4", "hydra.launcher.timeout_min=30", "hydra.launcher.mem_gb=200",
+                 "hydra.launcher.cpus_per_task=6", "hydra.launcher.array_parallelism=8", "trainer=ddp"]
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose("train", overrides=overrides, return_hydra_config=True)
+    launcher = cfg.hydra.launcher
+    assert launcher._target_.endswith("submitit_launcher.SlurmLauncher")
+    assert (launcher.partition, launcher.gpus_per_node, launcher.tasks_per_node, launcher.timeout_min, launcher.mem_gb,
+            launcher.cpus_per_task, launcher.array_parallelism) == ("gpu", 4, 4, 30, 200, 6, 8)
+    assert launcher.max_num_timeout > 0  # timed-out jobs are requeued
+    assert cfg.trainer.strategy == "ddp" and cfg.trainer.enable_checkpointing

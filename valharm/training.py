@@ -205,8 +205,9 @@ def fit_adapter(peft_model, data: SupervisedDataModule, out_dir: Path, make_trai
     module = LoRACausalLM(peft_model, lr=lr)
     peft_model.train()
     start = time.perf_counter()
+    epochs_before = torch.load(resume, map_location="cpu", weights_only=False)["epoch"] + 1 if resume else 0
     if resume:
-        log.info(f"{stage}: resuming from {resume} (an earlier attempt was interrupted)")
+        log.info(f"{stage}: resuming from {resume} after epoch {epochs_before} (an earlier attempt was interrupted)")
     trainer.fit(module, datamodule=data, ckpt_path=resume)
     seconds = time.perf_counter() - start
     peft_model.eval()
@@ -220,6 +221,7 @@ def fit_adapter(peft_model, data: SupervisedDataModule, out_dir: Path, make_trai
                "steps": trainer.global_step, "epochs": trainer.current_epoch, "batch_size": data.batch_size,
                "accumulate_grad_batches": accumulate, "precision": str(trainer.precision),
                "seconds": round(seconds, 1), "resumed": "from_checkpoint" if resume else None,
+               "epochs_before_resume": epochs_before,
                "processes": trainer.world_size}
     if trainer.is_global_zero:
         tmp = out_dir / (STAGE_DONE + ".tmp")
