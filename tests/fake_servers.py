@@ -255,8 +255,13 @@ class ModelServer:
         import torch
 
         tok, prompt = self.tokenizer, body["prompt"]
-        encoded = tok(prompt, add_special_tokens=True, return_offsets_mapping=True)
-        ids = encoded["input_ids"]
+        if isinstance(prompt, list):  # token ids, taken as they are (no BOS added)
+            ids = list(prompt)
+            encoded = {"offset_mapping": [(0, 0)] * len(ids)}
+            prompt = ""
+        else:
+            encoded = tok(prompt, add_special_tokens=True, return_offsets_mapping=True)
+            ids = encoded["input_ids"]
         with torch.inference_mode():
             logprobs = model(input_ids=torch.tensor([ids])).logits[0].float().log_softmax(-1)
         chosen = int(logprobs[-1].argmax())

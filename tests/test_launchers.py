@@ -90,7 +90,8 @@ def test_joblib_runs_jobs_in_parallel_with_the_results_of_a_sequential_run(tmp_p
                        f"paths.cache_dir={tmp_path}/cache_parallel", f"hydra.sweep.dir={tmp_path}/parallel",
                        cwd=tmp_path, env={"OMP_NUM_THREADS": "2"})
     assert parallel.returncode == 0, parallel.stderr[-3000:]
-    sequential = run_cli("valharm.train", "-m", *jobs, f"paths.cache_dir={tmp_path}/cache_sequential",
+    threads = max(1, usable_cores() // 2)  # what threads=auto gives each of 2 parallel jobs
+    sequential = run_cli("valharm.train", "-m", *jobs, f"threads={threads}", f"paths.cache_dir={tmp_path}/cache_sequential",
                          f"hydra.sweep.dir={tmp_path}/sequential", cwd=tmp_path)
     assert sequential.returncode == 0, sequential.stderr[-3000:]
     fast, slow = results_of(tmp_path / "parallel"), results_of(tmp_path / "sequential")
@@ -98,7 +99,7 @@ def test_joblib_runs_jobs_in_parallel_with_the_results_of_a_sequential_run(tmp_p
     for name in fast:
         assert fast[name]["metrics"] == slow[name]["metrics"], name
         assert fast[name]["job"]["launcher"] == "joblib"
-        assert fast[name]["hardware"]["torch_threads"] == max(1, usable_cores() // 2)  # the cores shared by 2 jobs
+        assert fast[name]["hardware"]["torch_threads"] == slow[name]["hardware"]["torch_threads"] == threads
     assert len({r["job"]["pid"] for r in fast.values()}) == 2  # two worker processes
     spans = sorted((r["job"]["started"], r["job"]["finished"]) for r in fast.values())
     assert any(later[0] < earlier[1] for earlier, later in zip(spans, spans[1:]))  # jobs overlapped in time
@@ -149,7 +150,7 @@ def make_adapters(tiny_bundle, root: Path, count: int) -> list[Path]:
 def test_four_adapters_are_evaluated_on_one_base_load(tiny_bundle, tmp_path):
     adapters = make_adapters(tiny_bundle, tmp_path / "sweep", 4)
     common = ["model=tiny", "value=power", *ONLY_PVQ_RTP, "generation.progress=false", f"paths.cache_dir={tmp_path}/cache"]
-    out = run_cli("valharm.evaluate", "-m", "adapter_dir=" + ",".join(map(str, adapters)), *common,
+    out = run_cli("valharm.evaluate", "-m", "adapter_dir=" + ",".join(f"'{a}'" for a in adapters), *common,  # as README
                   f"hydra.sweep.dir={tmp_path}/evaluate", cwd=tmp_path)
     assert out.returncode == 0, out.stderr[-3000:]
     assert out.stdout.count("base model tiny loaded") == 1 and out.stdout.count("reused from an earlier job") == 3

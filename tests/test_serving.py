@@ -123,7 +123,7 @@ def test_a_server_without_prompt_logprobs_is_refused_with_the_fix(monkeypatch, t
     with FakeServer(lambda body: (200, {}, reply)) as server:
         generator = openai_generator(server, monkeypatch)
         with pytest.raises(ValharmError, match="echo.*benchmarks.pvq40.scoring=generate"):
-            generator.run(None, None, [LoglikelihoodRequest("q", "Rate it:", ("1", "2"))])
+            generator.run(None, tiny_bundle.tokenizer, [LoglikelihoodRequest("q", "Rate it:", ("1", "2"))])
 
 
 def test_an_adapter_is_loaded_once_and_generates_under_its_own_name(server, monkeypatch, tiny_bundle, adapter_dir,
@@ -136,7 +136,7 @@ def test_an_adapter_is_loaded_once_and_generates_under_its_own_name(server, monk
     copied = shutil.copytree(adapter_dir, tmp_path / "elsewhere")  # same weights, same name: listed already
     assert openai_generator(server, monkeypatch).use_adapter(copied) == name
     assert openai_generator(server, monkeypatch).use_adapter(adapter_dir) == name
-    assert server.paths["/v1/load_lora_adapter"] == 1 and server.paths["/v1/models"] == 3
+    assert server.paths["/v1/load_lora_adapter"] == 1 and server.paths["/v1/models"] == 4  # 1 load, checked
     del server.roots[name]  # unlisted but loaded, as when another job loads it meanwhile: 400 "already loaded"
     assert openai_generator(server, monkeypatch).use_adapter(adapter_dir) == name
     assert server.paths["/v1/load_lora_adapter"] == 2
@@ -245,3 +245,10 @@ def test_evaluate_through_the_server_writes_the_results_of_local_generation(serv
     assert [set(r) for r in rows[0]] == [set(r) for r in rows[1]]
     texts = [[r["text"] for r in run if r["benchmark"] == "rtp"] for run in rows]
     assert len(texts[0]) == 3 and texts[0] == texts[1]  # greedy: the same continuations
+
+
+def test_a_fixed_adapter_name_is_not_reused_for_another_adapter(server, monkeypatch, adapter_dir, tmp_path):
+    other = shutil.copytree(adapter_dir, tmp_path / "other_run" / "adapter")
+    assert openai_generator(server, monkeypatch, adapter_name="mine").use_adapter(adapter_dir) == "mine"
+    with pytest.raises(ValharmError, match="serves 'mine' from .*leave it null"):
+        openai_generator(server, monkeypatch, adapter_name="mine").use_adapter(other)

@@ -42,6 +42,9 @@ class ChatPrompt(str):
         prompt.messages = tuple(messages)
         return prompt
 
+    def __getnewargs__(self):  # pickle and copy keep the messages
+        return str(self), list(self.messages)
+
 
 @dataclass
 class LoadedModel:

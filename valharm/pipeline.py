@@ -9,6 +9,7 @@ import math
 import os
 import platform
 import shutil
+import threading
 import time
 from importlib.metadata import version
 from pathlib import Path
@@ -357,7 +358,7 @@ def run_job(cfg: DictConfig, job_type: str, align, trains: bool = False) -> dict
         os.replace(results_path, run_dir / "results.previous.json")
     plan = parts["precision"]
     generator = parts["generator"]
-    shared = job_type == "eval"
+    shared = job_type == "eval" and threading.current_thread() is threading.main_thread()  # jobs in threads: no
     alignment = None
     try:
         weights_precision = plan.get("training", plan.get("generation"))
@@ -384,6 +385,8 @@ def run_job(cfg: DictConfig, job_type: str, align, trains: bool = False) -> dict
     finally:
         if shared and alignment is not None:
             detach_adapter(alignment.model)
+        elif shared:  # failed while attaching the adapter: the base may hold part of it
+            _BASE.clear()
         tracker.finish(exit_code)
     log.info(f"results in {results_path}")
     return results

@@ -1,13 +1,14 @@
 """Generation through an OpenAI-compatible server (vLLM, llama.cpp, TGI) instead of local weights.
 
 `OpenAIGenerator` has HFGenerator's interface: chat prompts go to /chat/completions as messages, raw
-text to /completions, answers are scored with /completions' `echo` + `logprobs` (as lm-evaluation-
-harness's local-completions does). A LoRA adapter is served under its own model name (vLLM
+text to /completions, answers are scored with /completions' `echo` + `logprobs` on token ids (as lm-
+evaluation-harness's local-completions does). A LoRA adapter is served under its own model name (vLLM
 `--enable-lora`): `use_adapter` finds it in /models, or loads it through vLLM's /load_lora_adapter.
 Calls run in a bounded thread pool; the client retries 408/409/429/5xx, timeouts and connection errors.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import threading
@@ -18,6 +19,7 @@ from tqdm.auto import tqdm
 
 from valharm.errors import ValharmError
 from valharm.generation import LoglikelihoodRequest, OnBatch
+from valharm.models import encode_prompts
 
 
 def failure(err: Exception) -> str:
@@ -88,15 +90,10 @@ class OpenAIGenerator:
             return self.served
         adapter_dir = Path(adapter_dir).resolve()
         wanted = self.adapter_name or adapter_digest(adapter_dir)
-        try:
-            listed = list(self.client.models.list())
-        except openai.APIError as err:
-            raise ValharmError(f"cannot list the models served at {self.base_url}: {failure(err)}") from None
-        for entry in listed:
-            root = getattr(entry, "root", None)
-            if entry.id == wanted or (root and Path(root).resolve() == adapter_dir):
-                self.served = entry.id
-                return self.served
+        found = self._served_as(wanted, adapter_dir)
+        if found:
+            self.served = found
+            return found
         fix = (f"start vLLM with --enable-lora --lora-modules {wanted}={adapter_dir}, or let valharm load it "
                f"(generation.load_adapters=true and VLLM_ALLOW_RUNTIME_LORA_UPDATING=True on the server; the "
                f"folder must be visible to the server at that path)")
@@ -105,12 +102,31 @@ class OpenAIGenerator:
         try:
             self.client.post("load_lora_adapter", cast_to=httpx.Response,
                              body={"lora_name": wanted, "lora_path": str(adapter_dir)})
-        except openai.APIError as err:  # a 400 saying it is loaded already: another job was first
+        except openai.APIError as err:  # a 400 saying it is loaded already: another job was first (checked below)
             if not (isinstance(err, openai.BadRequestError) and "already" in err.response.text.lower()):
                 raise ValharmError(f"could not load adapter {adapter_dir} into the server at {self.base_url}: "
                                    f"{failure(err)}; {fix}") from None
-        self.served = wanted
+        self.served = self._served_as(wanted, adapter_dir) or wanted
         return self.served
+
+    def _served_as(self, wanted: str, adapter_dir: Path) -> str | None:
+        """The name this adapter is served under: `wanted` (a name made from its weights, or `adapter_name`, which
+        must then be served from this folder), else whatever the server lists with this folder as its root."""
+        import openai
+
+        try:
+            listed = list(self.client.models.list())
+        except openai.APIError as err:
+            raise ValharmError(f"cannot list the models served at {self.base_url}: {failure(err)}") from None
+        roots = {entry.id: getattr(entry, "root", None) for entry in listed}
+        if wanted in roots:
+            root = roots[wanted]
+            if self.adapter_name and root and Path(root).resolve() != adapter_dir:
+                raise ValharmError(f"the server at {self.base_url} serves '{wanted}' from {root}, not {adapter_dir}: "
+                                   f"generation.adapter_name names one adapter; leave it null when evaluating several "
+                                   f"(each is then named after its weights)")
+            return wanted
+        return next((name for name, root in roots.items() if root and Path(root).resolve() == adapter_dir), None)
 
     def run(self, model, tokenizer, requests: list, desc: str = "generate", on_batch: OnBatch | None = None) -> list:
         """Texts for GenerationRequests, log-probabilities for LoglikelihoodRequests (one kind per call),
@@ -118,7 +134,7 @@ class OpenAIGenerator:
         import openai
 
         score = bool(requests) and isinstance(requests[0], LoglikelihoodRequest)
-        ask = self._loglikelihood if score else self._generate
+        ask = functools.partial(self._loglikelihood, tokenizer=tokenizer) if score else self._generate
         strip = server_adds_bos(tokenizer)
         self.new_tokens = self.retries = 0
         outputs: dict[int, object] = {}
@@ -164,25 +180,25 @@ class OpenAIGenerator:
             texts = [c.text for c in sorted(response.choices, key=lambda c: c.index)]
         return texts, response.usage.completion_tokens if response.usage else 0
 
-    def _loglikelihood(self, request, strip: str) -> tuple[list[float], int]:
-        """Each continuation's summed token log-probabilities, read from the server's echo of prompt + answer.
-
-        The answer's tokens are found by text offset counted back from the end of the echoed text (the one
-        generated token starts there), so a BOS the server prepends does not shift them.
-        """
-        prompt = str(request.prompt).removeprefix(strip)
+    def _loglikelihood(self, request, strip: str, tokenizer=None) -> tuple[list[float], int]:
+        """Each continuation's summed token log-probabilities, from the server's echo of prompt + answer sent as
+        token ids tokenised here exactly as local scoring does (so both score the same tokens, whatever the
+        tokenizer does at the boundary; a server adds no BOS to token ids)."""
+        if tokenizer is None:
+            raise ValharmError("scoring answers through a server needs the model's tokenizer")
+        prompt = encode_prompts(tokenizer, [str(request.prompt)])[0]
         scores = []
         for continuation in request.continuations:
-            response = self.client.completions.create(model=self.served, prompt=prompt + continuation, max_tokens=1,
+            answer = tokenizer(continuation, add_special_tokens=False)["input_ids"]
+            response = self.client.completions.create(model=self.served, prompt=prompt + answer, max_tokens=1,
                                                       temperature=0.0, echo=True, logprobs=1)
             logprobs = response.choices[0].logprobs if response.choices else None
-            if not logprobs or not logprobs.token_logprobs or not logprobs.text_offset:
+            values = logprobs.token_logprobs if logprobs else None
+            if not values or len(values) < len(prompt) + len(answer):
                 raise ValharmError(f"the server at {self.base_url} returned no token log-probabilities of the "
                                    f"prompt; scoring answers needs `echo` with `logprobs` on /completions (vLLM has "
                                    f"it, llama.cpp does not): use such a server, or benchmarks.pvq40.scoring=generate")
-            offsets, values = logprobs.text_offset, logprobs.token_logprobs
-            start = offsets[-1] - len(continuation)
-            picked = [values[j] for j in range(len(values) - 1) if offsets[j] >= start]
+            picked = values[len(prompt):len(prompt) + len(answer)]
             if not picked or None in picked:
                 raise ValharmError(f"the server at {self.base_url} gave no log-probability for the answer "
                                    f"{continuation!r} of request {request.id}")
