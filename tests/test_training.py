@@ -1,4 +1,5 @@
 import lightning as L
+import pytest
 import torch
 from hydra.utils import instantiate
 
@@ -112,24 +113,41 @@ class FakeTrainer:
 
 
 class FakeModule:
-    def __init__(self):
-        self.model = self
-        self.saves = []
-
-    def save_pretrained(self, path):
-        self.saves.append(self.epoch)
+    def __init__(self, model):
+        self.model = model
 
 
-def test_checkpoint_keeps_the_best_epoch_not_the_last(tmp_path):
+def test_checkpoint_keeps_the_best_epoch_not_the_last(tiny_bundle, tmp_path):
+    import copy
+
+    from peft import get_peft_model_state_dict
+    from safetensors.torch import load_file
+
     from valharm.training import BestAdapterCheckpoint
 
-    checkpoint, trainer, module = BestAdapterCheckpoint(tmp_path), FakeTrainer(), FakeModule()
+    peft = add_lora(copy.deepcopy(tiny_bundle.model), r=4, alpha=8, dropout=0.0, target_modules=["q_proj", "v_proj"])
+    checkpoint, trainer, module = BestAdapterCheckpoint(tmp_path), FakeTrainer(), FakeModule(peft)
+    saved = []
     for epoch, loss in enumerate([2.0, 1.0, 1.5, 3.0]):
-        trainer.current_epoch, module.epoch = epoch, epoch
+        with torch.no_grad():  # each epoch's weights differ
+            next(p for n, p in peft.named_parameters() if "lora_B" in n).fill_(epoch)
+        trainer.current_epoch = epoch
         trainer.callback_metrics = {"val_loss": torch.tensor(loss)}
         checkpoint.on_validation_end(trainer, module)
-    assert module.saves == [0, 1]
+        on_disk = load_file(str(tmp_path / "adapter_model.safetensors"))
+        saved.append(torch.cat([v.flatten() for k, v in sorted(on_disk.items()) if "lora_B" in k]))  # a copy
     assert checkpoint.best == 1.0 and checkpoint.best_epoch == 1
+    best = {k: v.clone() for k, v in load_file(str(tmp_path / "adapter_model.safetensors")).items()}  # not mapped
+    assert best.keys() == get_peft_model_state_dict(peft).keys() and torch.equal(saved[3], saved[1])
+    assert not torch.equal(saved[0], saved[1])  # epoch 1 replaced epoch 0's adapter
+    # resuming from the state of epoch 1 rewrites the adapter, even if a later (killed) epoch overwrote it
+    state = checkpoint.state_dict()
+    (tmp_path / "adapter_model.safetensors").write_bytes(b"half-written")
+    resumed = BestAdapterCheckpoint(tmp_path)
+    resumed.load_state_dict(state)
+    resumed.on_train_start(trainer, module)
+    again = load_file(str(tmp_path / "adapter_model.safetensors"))
+    assert again.keys() == best.keys() and all(torch.equal(v, best[k]) for k, v in again.items())
 
 
 def test_response_loss_equals_the_models_own_loss(tiny_bundle):
@@ -149,11 +167,66 @@ def test_training_batches_group_lengths_and_reshuffle_each_epoch(tiny_bundle):
         return [tuple(batch["input_ids"].shape) for batch in loader]
 
     loader = data.train_dataloader()
-    first, second = epoch(loader), epoch(loader)
+    first = epoch(loader)
+    loader.sampler.set_epoch(1)  # as Lightning does before each epoch
+    second = epoch(loader)
     assert first != second  # a new order every epoch
+    loader.sampler.set_epoch(0)
+    assert epoch(loader) == first  # an epoch's order depends on the seed and the epoch only (resuming repeats it)
     assert first == epoch(SupervisedDataModule(tiny_bundle, examples, examples[:8], batch_size=8,
                                                max_length=128, seed=3).train_dataloader())  # seeded
     padded = sum(rows * width for rows, width in first)
     real = sum(len(e["input_ids"]) for e in data.train)
     assert sum(rows for rows, _ in first) == 400
     assert padded < 1.1 * real  # random batches of these lengths pad about 1.5x
+
+
+class Interrupted(Exception):
+    pass
+
+
+class StopAfterEpoch(L.Callback):
+    """Ends training abruptly at the end of an epoch, before the epoch's checkpoint is written (a kill)."""
+
+    def __init__(self, epoch: int):
+        self.epoch = epoch
+
+    def on_train_epoch_end(self, trainer, pl_module):
+        if trainer.current_epoch == self.epoch:
+            raise Interrupted
+
+
+def test_an_interrupted_stage_resumes_to_the_weights_of_an_uninterrupted_one(tiny_bundle, tmp_path):
+    import copy
+
+    from hydra.utils import instantiate
+
+    examples = [Example(f"Name a colour ({i}).", "Blue." if i % 2 else "A green one.") for i in range(24)]
+    data = SupervisedDataModule(tiny_bundle, examples[:20], examples[20:], batch_size=4, max_length=64)
+
+    def train(out_dir, stop=None):
+        L.seed_everything(0, verbose=False)
+        model = add_lora(copy.deepcopy(tiny_bundle.model), r=4, alpha=8, dropout=0.1, target_modules=["q_proj", "v_proj"])
+
+        def make_trainer(stage, callbacks, **kwargs):
+            return instantiate({"_target_": "lightning.pytorch.Trainer", "accelerator": "cpu", "logger": False,
+                                "enable_checkpointing": True, "enable_progress_bar": False,
+                                "enable_model_summary": False, "num_sanity_val_steps": 0},
+                               callbacks=[*([StopAfterEpoch(stop)] if stop is not None else []), *callbacks], **kwargs)
+
+        metrics = fit_adapter(model, data, out_dir, make_trainer, lr=5e-3, seed=1, epochs=3)
+        return model, metrics
+
+    whole_model, whole = train(tmp_path / "whole")
+    with pytest.raises(Interrupted):
+        train(tmp_path / "cut", stop=1)
+    resumed_model, resumed = train(tmp_path / "cut")
+    # stopped at the end of epoch 1 before its checkpoint (epoch 1's better adapter may be on disk already)
+    assert resumed["resumed"] == "from_checkpoint" and resumed["epochs_before_resume"] == 1
+    assert resumed["steps"] == whole["steps"] == 15 and resumed["best_epoch"] == whole["best_epoch"]
+    assert resumed["best_val_loss"] == pytest.approx(whole["best_val_loss"], abs=1e-6)
+    trained = {n: p for n, p in whole_model.named_parameters() if p.requires_grad}
+    for name, weight in resumed_model.named_parameters():
+        if weight.requires_grad:
+            assert torch.allclose(weight, trained[name], atol=1e-6), name
+    assert train(tmp_path / "cut")[1]["resumed"] == "finished"  # a finished stage is reloaded, not trained

@@ -67,6 +67,24 @@ def collate(features: Sequence[dict], pad_id: int) -> dict[str, torch.Tensor]:
     return {"input_ids": torch.tensor(ids), "labels": torch.tensor(labels), "attention_mask": torch.tensor(mask)}
 
 
+class EpochSampler(torch.utils.data.Sampler):
+    """Examples of similar length batched together, in an order drawn from (seed, epoch): an epoch sees the same
+    order whether or not training was interrupted before it (Lightning calls `set_epoch`)."""
+
+    def __init__(self, lengths: list[int], batch_size: int, seed: int):
+        self.lengths, self.batch_size, self.seed, self.epoch = lengths, batch_size, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.lengths)
+
+    def __iter__(self):
+        generator = torch.Generator().manual_seed(self.seed + self.epoch)
+        return iter(LengthGroupedSampler(self.batch_size, lengths=self.lengths, generator=generator))
+
+
 class SupervisedDataModule(L.LightningDataModule):
     """Tokenised train/valid examples for one training stage."""
 
@@ -94,8 +112,7 @@ class SupervisedDataModule(L.LightningDataModule):
     def train_dataloader(self):
         """Shuffled each epoch (seeded), batched with examples of similar length so little is padded."""
         lengths = [len(e["input_ids"]) for e in self.train]
-        generator = torch.Generator().manual_seed(self.seed)
-        return self._loader(self.train, LengthGroupedSampler(self.batch_size, lengths=lengths, generator=generator))
+        return self._loader(self.train, EpochSampler(lengths, self.batch_size, self.seed))
 
     def val_dataloader(self):
         return self._loader(self.valid, sorted(range(len(self.valid)), key=lambda i: -len(self.valid[i]["input_ids"])))
@@ -117,16 +134,32 @@ def response_loss(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
 class LoRACausalLM(L.LightningModule):
     """Trains the LoRA parameters of a PEFT model with AdamW and a linear schedule."""
 
-    def __init__(self, model: torch.nn.Module, lr: float = 2e-5, weight_decay: float = 0.0, warmup_steps: int = 0):
+    def __init__(self, model: torch.nn.Module, lr: float = 2e-5, weight_decay: float = 0.0, warmup_steps: int = 0,
+                 seed: int = 0):
         super().__init__()
         self.model = model
-        self.lr, self.weight_decay, self.warmup_steps = lr, weight_decay, warmup_steps
+        self.lr, self.weight_decay, self.warmup_steps, self.seed = lr, weight_decay, warmup_steps, seed
         self.strict_loading = False  # checkpoints hold the LoRA weights only (see on_save_checkpoint)
+
+    def trained_keys(self) -> set[str]:
+        return {name for name, p in self.named_parameters() if p.requires_grad}
 
     def on_save_checkpoint(self, checkpoint):
         """Keep the trained (LoRA) weights only: the frozen base is the model config's, not the run's."""
-        trained = {name for name, p in self.named_parameters() if p.requires_grad}
+        trained = self.trained_keys()
         checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in trained}
+
+    def on_load_checkpoint(self, checkpoint):
+        missing = self.trained_keys() - set(checkpoint["state_dict"])
+        if missing:
+            raise ValharmError(f"the checkpoint to resume from lacks {len(missing)} LoRA weight(s) of this model "
+                               f"(e.g. {min(missing)}); it belongs to another model or adapter: delete it to start afresh")
+
+    def on_train_batch_start(self, batch, batch_idx):
+        """Dropout draws from (seed, epoch), so a resumed epoch draws what an uninterrupted one would (seeded at
+        the epoch's first batch: after its data iterator has drawn from the same generator)."""
+        if batch_idx == 0:
+            torch.manual_seed(self.seed + self.current_epoch)
 
     def training_step(self, batch, batch_idx):
         loss = response_loss(self.model, batch)
@@ -150,30 +183,51 @@ class BestAdapterCheckpoint(L.Callback):
     """Save the PEFT adapter (not the base) whenever the monitored validation loss improves.
 
     Under DDP the validation loss is averaged over ranks and rank 0's decision is broadcast, so every rank
-    keeps the same epoch; rank 0 alone writes, and the others wait until the file is there.
+    keeps the same epoch; rank 0 alone writes, and the others wait until the file is there. The best weights
+    are also part of the resume checkpoint, and are written again on resuming: an attempt killed after saving
+    a better adapter but before its checkpoint leaves an adapter the restored state does not know.
     """
 
     def __init__(self, dirpath: str | Path, monitor: str = "val_loss"):
         self.dirpath, self.monitor = Path(dirpath), monitor
         self.best = math.inf
         self.best_epoch = None
+        self.best_weights = None
 
     def on_validation_end(self, trainer, pl_module):
         if trainer.sanity_checking:
             return
+        from peft import get_peft_model_state_dict
+
         score = trainer.callback_metrics.get(self.monitor)
         improved = trainer.strategy.broadcast(score is not None and float(score) < self.best, src=0)
         if improved:
             self.best, self.best_epoch = trainer.strategy.broadcast((float(score), trainer.current_epoch), src=0)
-            if trainer.is_global_zero:
-                pl_module.model.save_pretrained(self.dirpath)
-            trainer.strategy.barrier("best_adapter_saved")
+            self.best_weights = {k: v.detach().to("cpu", copy=True)
+                                 for k, v in get_peft_model_state_dict(pl_module.model).items()}
+            self.write(trainer, pl_module.model)
+
+    def on_train_start(self, trainer, pl_module):
+        if self.best_weights is not None:  # restored from a checkpoint
+            self.write(trainer, pl_module.model)
+
+    def write(self, trainer, model) -> None:
+        """The best weights as a PEFT adapter dir (config, then the weights file replaced atomically)."""
+        from safetensors.torch import save_file
+
+        if trainer.is_global_zero:
+            self.dirpath.mkdir(parents=True, exist_ok=True)
+            model.peft_config[model.active_adapter].save_pretrained(self.dirpath)
+            staging = self.dirpath / "adapter_model.safetensors.tmp"
+            save_file(self.best_weights, staging, metadata={"format": "pt"})
+            os.replace(staging, self.dirpath / "adapter_model.safetensors")
+        trainer.strategy.barrier("best_adapter_saved")
 
     def state_dict(self):
-        return {"best": self.best, "best_epoch": self.best_epoch}
+        return {"best": self.best, "best_epoch": self.best_epoch, "best_weights": self.best_weights}
 
     def load_state_dict(self, state):
-        self.best, self.best_epoch = state["best"], state["best_epoch"]
+        self.best, self.best_epoch, self.best_weights = state["best"], state["best_epoch"], state["best_weights"]
 
 
 STAGE_DONE = "stage.json"  # a finished stage's metrics, next to its best adapter
@@ -202,7 +256,7 @@ def fit_adapter(peft_model, data: SupervisedDataModule, out_dir: Path, make_trai
                                                  enable_version_counter=False)  # the latest epoch, overwritten
     trainer = make_trainer(stage=stage, callbacks=[checkpoint, latest], default_root_dir=str(out_dir),
                            max_epochs=epochs, accumulate_grad_batches=accumulate)
-    module = LoRACausalLM(peft_model, lr=lr)
+    module = LoRACausalLM(peft_model, lr=lr, seed=seed)
     peft_model.train()
     start = time.perf_counter()
     epochs_before = torch.load(resume, map_location="cpu", weights_only=False)["epoch"] + 1 if resume else 0
