@@ -200,3 +200,21 @@ def test_the_slurm_preset_composes_on_submitit_and_everything_is_overridable():
             launcher.cpus_per_task, launcher.array_parallelism) == ("gpu", 4, 4, 30, 200, 6, 8)
     assert launcher.max_num_timeout > 0  # timed-out jobs are requeued
     assert cfg.trainer.strategy == "ddp" and cfg.trainer.enable_checkpointing
+
+
+def test_ranks_started_together_wait_for_rank_zero_of_the_same_attempt(tmp_path, monkeypatch):
+    import threading
+
+    from valharm.pipeline import announce, attempt_id, wait_for_rank_zero
+
+    monkeypatch.setenv("SLURM_JOB_ID", "77")
+    monkeypatch.setenv("SLURM_NTASKS", "2")
+    monkeypatch.setenv("SLURM_RESTART_COUNT", "1")
+    attempt = attempt_id()
+    assert attempt == "slurm-77.1"
+    announce(tmp_path, "slurm-77.0", "skip")  # the previous attempt's word does not count
+    threading.Timer(1.0, announce, (tmp_path, attempt, "run")).start()
+    started = time.time()
+    assert wait_for_rank_zero(tmp_path, attempt) == "run" and time.time() - started >= 0.9
+    monkeypatch.setenv("SLURM_NTASKS", "1")  # one task: nothing to wait for
+    assert attempt_id() is None

@@ -328,13 +328,19 @@ def run_job(cfg: DictConfig, job_type: str, align, trains: bool = False) -> dict
     config_hash = fingerprint(resolved, adapter_digest(cfg.get("adapter_dir")))
     redo = results_path.exists()
     resume_training = not redo  # interrupted; or finished with failed items (below): keep the trained stages
-    if redo and cfg.skip_finished:
+    attempt = attempt_id() if trains else None
+    if attempt and not main:  # started with rank 0: wait until it has decided and cleaned up
+        if wait_for_rank_zero(run_dir, attempt) == "skip":
+            return None
+    elif redo and cfg.skip_finished:
         previous = json.loads(results_path.read_text())
         failed = failed_items(previous)
         resume_training = previous.get("config_hash") == config_hash
         if previous.get("config_hash") == config_hash and not failed:
             log.info(f"{results_path} is finished with this config and code; skipping it (skip_finished=false "
                      f"to redo it)")
+            if attempt:
+                announce(run_dir, attempt, "skip")
             return previous
         why = (f"{failed} item(s) failed to score" if previous.get("config_hash") == config_hash else
                f"it was produced with another config or code "
@@ -356,6 +362,8 @@ def run_job(cfg: DictConfig, job_type: str, align, trains: bool = False) -> dict
         keep_training_state(run_dir, config_hash, resume=resume_training)
     if main and redo:  # keep the earlier results aside, never beside half-new outputs
         os.replace(results_path, run_dir / "results.previous.json")
+    if main and attempt:
+        announce(run_dir, attempt, "run")
     plan = parts["precision"]
     generator = parts["generator"]
     shared = job_type == "eval" and threading.current_thread() is threading.main_thread()  # jobs in threads: no
@@ -407,10 +415,42 @@ def keep_training_state(run_dir: Path, config_hash: str, resume: bool) -> None:
     marker.write_text(config_hash)
 
 
+ATTEMPT_FILE = ".attempt"  # rank 0's decision for this attempt of a job whose ranks start together
+
+
+def attempt_id() -> str | None:
+    """This attempt of the job when a scheduler starts all its ranks at once (SLURM tasks, torchrun), else None."""
+    if int(os.environ.get("SLURM_NTASKS", "1")) > 1 and "SLURM_JOB_ID" in os.environ:
+        return f"slurm-{os.environ['SLURM_JOB_ID']}.{os.environ.get('SLURM_RESTART_COUNT', '0')}"
+    if "TORCHELASTIC_RUN_ID" in os.environ:
+        return f"torchrun-{os.environ['TORCHELASTIC_RUN_ID']}.{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}"
+    return None
+
+
+def announce(run_dir: Path, attempt: str, decision: str) -> None:
+    """Rank 0: this attempt runs (its training state and results already sorted out) or skips."""
+    write_json_atomic(run_dir / ATTEMPT_FILE, {"attempt": attempt, "decision": decision})
+
+
+def wait_for_rank_zero(run_dir: Path, attempt: str, timeout: float = 1800.0) -> str:
+    """Other ranks: rank 0's decision for this attempt, once it is made."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            said = json.loads((run_dir / ATTEMPT_FILE).read_text())
+            if said["attempt"] == attempt:
+                return said["decision"]
+        except (OSError, ValueError):
+            pass
+        time.sleep(0.5)
+    raise ValharmError(f"rank 0 of attempt {attempt} said nothing in {run_dir / ATTEMPT_FILE} within {timeout:.0f} s; "
+                       f"check its log")
+
+
 def check_process_launch(cfg: DictConfig) -> None:
     """A multi-process strategy started by Lightning re-runs the command line, which only a single run allows."""
     strategy = str(cfg.trainer.get("strategy", ""))
-    external = any(key in os.environ for key in ("LOCAL_RANK", "SLURM_NTASKS", "TORCHELASTIC_RUN_ID"))
+    external = "LOCAL_RANK" in os.environ or attempt_id() is not None
     if strategy.startswith("ddp") and HydraConfig.get().mode == RunMode.MULTIRUN and not external:
         raise ValharmError(f"trainer.strategy={strategy} starts its extra processes by re-running the command line, "
                            "which a local multirun cannot do; run one job at a time, or sweep with "
