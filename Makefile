@@ -10,7 +10,7 @@ export WANDB_MODE ?= offline
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: setup demo study-smoke test test-slow bench bench-judge clean
+.PHONY: setup demo study-smoke test test-slow bench bench-judge bench-adapters clean
 
 setup: $(STAMP)
 
@@ -45,6 +45,9 @@ bench: setup
 
 bench-judge: setup
 	$(BIN)/python bench/bench_judge.py
+
+bench-adapters: setup
+	$(BIN)/python bench/bench_adapters.py
 
 clean:
 	rm -rf $(VENV) .cache outputs

@@ -180,7 +180,10 @@ def scorer_report(scorers: dict) -> dict:
 
 
 def usable_cores() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    """The cores this process may use (affinity and cgroup quotas counted, as joblib counts them for n_jobs)."""
+    import joblib
+
+    return joblib.cpu_count()
 
 
 def job_threads(setting) -> int | None:
