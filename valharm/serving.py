@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import os
 import threading
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
@@ -20,12 +19,7 @@ from tqdm.auto import tqdm
 from valharm.errors import ValharmError
 from valharm.generation import LoglikelihoodRequest, OnBatch
 from valharm.models import encode_prompts
-
-
-def failure(err: Exception) -> str:
-    """An API error as its class and HTTP status only (error bodies can quote the key)."""
-    status = getattr(err, "status_code", None)
-    return type(err).__name__ + (f" (HTTP {status})" if status else "")
+from valharm.openai_api import failure, openai_client
 
 
 def adapter_digest(adapter_dir: Path) -> str:
@@ -55,23 +49,13 @@ class OpenAIGenerator:
     def __init__(self, model: str | None, base_url: str | None = None, api_key_env: str = "OPENAI_API_KEY",
                  max_concurrency: int = 16, max_retries: int = 6, timeout: float = 120.0, seed: int = 0,
                  progress: bool = True, load_adapters: bool = True, adapter_name: str | None = None):
-        import httpx
-        import openai
-
         if not model:
             raise ValharmError("generation=openai: set generation.model to the served base model's name")
-        key = os.environ.get(api_key_env)
-        if not key:
-            raise ValharmError(f"generation=openai reads its API key from the environment variable {api_key_env}, "
-                               f"which is not set; export it (a local server without auth accepts any value), or "
-                               f"name another variable with generation.api_key_env")
         self.model, self.served, self.seed, self.progress = model, model, seed, progress
         self.max_concurrency, self.load_adapters, self.adapter_name = max_concurrency, load_adapters, adapter_name
         self.new_tokens = self.retries = 0
         self._attempts = threading.local()  # each worker thread makes one call at a time
-        http = httpx.Client(timeout=timeout, event_hooks={"request": [self._count_attempt]})
-        self.client = openai.OpenAI(api_key=key, base_url=base_url, max_retries=max_retries, timeout=timeout,
-                                    http_client=http)
+        self.client = openai_client("generation", api_key_env, base_url, max_retries, timeout, self._count_attempt)
         self.base_url = str(self.client.base_url).rstrip("/")
 
     def _count_attempt(self, request) -> None:

@@ -10,7 +10,6 @@
 """
 from __future__ import annotations
 
-import os
 import threading
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import asdict, is_dataclass
@@ -18,6 +17,7 @@ from typing import Callable
 
 from valharm.caching import digest
 from valharm.errors import ValharmError
+from valharm.openai_api import failure, openai_client
 from valharm.scoring import Scorer, Verdict
 from valharm.scoring.rubrics import PARSER_VERSION, RUBRICS
 
@@ -85,21 +85,11 @@ class OpenAIJudge(Judge):
     def __init__(self, model: str = "gpt-4o", base_url: str | None = None, api_key_env: str = "OPENAI_API_KEY",
                  temperature: float = 0.0, max_tokens: int = 256, max_concurrency: int = 8, max_retries: int = 6,
                  timeout: float = 60.0, cache_path=None, progress: bool = True):
-        import httpx
-        import openai
-
-        key = os.environ.get(api_key_env)
-        if not key:
-            raise ValharmError(f"judge=openai reads its API key from the environment variable {api_key_env}, which "
-                               f"is not set; export it (a local server without auth accepts any value), or name "
-                               f"another variable with judge.api_key_env")
         self.model, self.base_url, self.temperature, self.max_tokens = model, base_url, temperature, max_tokens
         self.max_concurrency = max_concurrency
         self.description = f"LLM judge {model} at {base_url or 'api.openai.com'} (OpenAI-compatible API)"
         self._attempts = threading.local()  # each worker thread makes one call at a time
-        http = httpx.Client(timeout=timeout, event_hooks={"request": [self._count_attempt]})
-        self.client = openai.OpenAI(api_key=key, base_url=base_url, max_retries=max_retries, timeout=timeout,
-                                    http_client=http)
+        self.client = openai_client("judge", api_key_env, base_url, max_retries, timeout, self._count_attempt)
         super().__init__(cache_path, progress)
 
     def _count_attempt(self, request) -> None:
@@ -121,8 +111,7 @@ class OpenAIJudge(Judge):
                 return None, "the reply has no message content", self._attempts.count
             return text, None, self._attempts.count
         except (openai.APIError, ValueError) as err:  # retries exhausted, an error not retried, or a non-JSON body
-            status = getattr(err, "status_code", None)  # the class and status only: error bodies can quote the key
-            return None, type(err).__name__ + (f" (HTTP {status})" if status else ""), self._attempts.count
+            return None, failure(err), self._attempts.count
 
     def complete(self, conversations, reply, rubric=None):
         with ThreadPoolExecutor(max_workers=self.max_concurrency) as pool:
