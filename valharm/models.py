@@ -6,6 +6,7 @@ configs can be composed and checked without weights.
 from __future__ import annotations
 
 import functools
+import hashlib
 import importlib.util
 import os
 import shutil
@@ -16,6 +17,7 @@ from pathlib import Path
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 
+from valharm.caching import digest
 from valharm.errors import ValharmError
 
 PROMPT_FORMATS = ("chat", "plain")
@@ -70,9 +72,14 @@ class LoadedModel:
 
         Prompts are tokenised without adding special tokens, so text prompts carry it themselves.
         """
-        tok = self.tokenizer
-        ids = tok("a")["input_ids"]
-        return tok.bos_token if tok.bos_token and ids and ids[0] == tok.bos_token_id else ""
+        return added_bos(self.tokenizer)
+
+
+def added_bos(tokenizer) -> str:
+    """The BOS token as text if `tokenizer` puts it in front of every input it encodes, else ''."""
+    ids = tokenizer("a")["input_ids"]
+    bos = tokenizer.bos_token
+    return bos if bos and ids and ids[0] == tokenizer.bos_token_id else ""
 
 
 def encode_prompts(tokenizer, texts: list[str]) -> list[list[int]]:
@@ -252,6 +259,14 @@ def check_adapter_dir(adapter_dir: str | os.PathLike) -> Path:
         raise ValharmError(f"{adapter_dir} is not a LoRA adapter dir (no adapter_config.json); "
                            f"pass the 'adapter' folder of a train run")
     return adapter_dir
+
+
+def adapter_digest(adapter_dir: str | os.PathLike | None) -> str | None:
+    """A digest of an adapter's weights and config (which adapter, whatever its folder is called)."""
+    if adapter_dir is None:
+        return None
+    files = sorted(p for p in Path(adapter_dir).iterdir() if p.name.startswith("adapter_"))
+    return digest({p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in files})
 
 
 def load_adapter(model: torch.nn.Module, adapter_dir: str | os.PathLike) -> PeftModel:

@@ -24,6 +24,7 @@ from valharm.benchmarks import SCORER_ROLES
 from valharm.caching import Cache, digest
 from valharm.errors import ValharmError
 from valharm.generation import GenerationRequest, cached_run
+from valharm.models import adapter_digest
 from valharm.precision import Precision, choose, hardware
 from valharm.prompting import Prompter
 from valharm.scoring.judges import Judge
@@ -150,14 +151,6 @@ def build_components(cfg: DictConfig) -> dict:
     parts["scorers"] = build_scorers(cfg, parts["benchmarks"])
     parts["cache"] = Cache(cfg.cache.generations) if cfg.cache.generations else None
     return parts
-
-
-def adapter_digest(adapter_dir: Path | None) -> str | None:
-    """A digest of an adapter's weights and config (which adapter, whatever its folder is called)."""
-    if adapter_dir is None:
-        return None
-    files = sorted(p for p in Path(adapter_dir).iterdir() if p.name.startswith("adapter_"))
-    return digest({p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in files})
 
 
 def generation_namespace(cfg: DictConfig, parts: dict, alignment: Alignment) -> str:
@@ -338,14 +331,14 @@ def run_job(cfg: DictConfig, job_type: str, align, trains: bool = False) -> dict
     elif redo and cfg.skip_finished:
         previous = json.loads(results_path.read_text())
         failed = failed_items(previous)
-        resume_training = previous.get("config_hash") == config_hash
-        if previous.get("config_hash") == config_hash and not failed:
+        resume_training = same_config = previous.get("config_hash") == config_hash
+        if same_config and not failed:
             log.info(f"{results_path} is finished with this config and code; skipping it (skip_finished=false "
                      f"to redo it)")
             if attempt:
                 announce(run_dir, attempt, "skip")
             return previous
-        why = (f"{failed} item(s) failed to score" if previous.get("config_hash") == config_hash else
+        why = (f"{failed} item(s) failed to score" if same_config else
                f"it was produced with another config or code "
                f"({', '.join(changed_keys(previous.get('config') or {}, resolved) or ['the code or the adapter'])} changed)")
         log.info(f"{results_path}: {why}; running again (cached generations and scores are reused)")

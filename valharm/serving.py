@@ -9,7 +9,6 @@ Calls run in a bounded thread pool; the client retries 408/409/429/5xx, timeouts
 from __future__ import annotations
 
 import functools
-import hashlib
 import threading
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
@@ -18,26 +17,8 @@ from tqdm.auto import tqdm
 
 from valharm.errors import ValharmError
 from valharm.generation import LoglikelihoodRequest, OnBatch
-from valharm.models import encode_prompts
+from valharm.models import adapter_digest, added_bos, encode_prompts
 from valharm.openai_api import failure, openai_client
-
-
-def adapter_digest(adapter_dir: Path) -> str:
-    """A name for an adapter's weights: the same files give the same name, whatever the folder."""
-    sha = hashlib.sha256()
-    for path in sorted(adapter_dir.glob("adapter_*")):
-        sha.update(path.name.encode())
-        sha.update(path.read_bytes())
-    return "valharm-" + sha.hexdigest()[:12]
-
-
-def server_adds_bos(tokenizer) -> str:
-    """The BOS text to drop from prompts when the server's tokenizer adds BOS itself (Llama, Gemma), else ''."""
-    bos = getattr(tokenizer, "bos_token", None)
-    if not bos or tokenizer.bos_token_id is None:
-        return ""
-    ids = tokenizer("a")["input_ids"]
-    return bos if ids and ids[0] == tokenizer.bos_token_id else ""
 
 
 class OpenAIGenerator:
@@ -73,7 +54,7 @@ class OpenAIGenerator:
             self.served = self.model
             return self.served
         adapter_dir = Path(adapter_dir).resolve()
-        wanted = self.adapter_name or adapter_digest(adapter_dir)
+        wanted = self.adapter_name or "valharm-" + adapter_digest(adapter_dir)[:12]  # same weights, same name
         found = self._served_as(wanted, adapter_dir)
         if found:
             self.served = found
@@ -119,7 +100,7 @@ class OpenAIGenerator:
 
         score = bool(requests) and isinstance(requests[0], LoglikelihoodRequest)
         ask = functools.partial(self._loglikelihood, tokenizer=tokenizer) if score else self._generate
-        strip = server_adds_bos(tokenizer)
+        strip = added_bos(tokenizer) if tokenizer is not None else ""  # the server adds this BOS itself
         self.new_tokens = self.retries = 0
         outputs: dict[int, object] = {}
         bar = tqdm(total=len(requests), desc=desc, disable=not self.progress, unit="prompt")
