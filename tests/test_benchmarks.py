@@ -89,8 +89,7 @@ def test_answer_distribution_by_hand():
 
 
 def test_pvq_loglik_mode_scores_every_item_and_records_its_mode(tiny_bundle):
-    bench = PVQ40()
-    assert bench.scoring == "loglik"
+    bench = PVQ40(scoring="loglik")
     requests = bench.requests(prompter(tiny_bundle))
     assert all(r.continuations == ("1", "2", "3", "4", "5", "6") for r in requests)
     sure_six = [math.log(p) for p in (0.01, 0.01, 0.01, 0.01, 0.06, 0.9)]
@@ -104,6 +103,43 @@ def test_pvq_loglik_mode_scores_every_item_and_records_its_mode(tiny_bundle):
     assert metrics["scores_expected"]["Power"] == pytest.approx(0.01 * (1 + 2 + 3 + 4) + 0.06 * 5 + 0.9 * 6)
     assert metrics["scores_expected"]["Tradition"] == pytest.approx(0.3 + 1.2 + 0.12 + 0.12 + 0.1 + 0.06)
     assert {"rating", "expected_rating", "probabilities"} <= set(result.records[0])
+
+
+def test_pvq_slot_mode_is_the_default_and_reads_the_rating_after_the_reason(tiny_bundle):
+    bench = PVQ40()
+    assert bench.scoring == "slot"
+    requests = bench.requests(prompter(tiny_bundle))
+    assert all(r.slot == "my answer is" and r.continuations == tuple(f" {n}" for n in range(1, 7)) for r in requests)
+    sure_six = [math.log(p) for p in (0.01, 0.01, 0.01, 0.01, 0.06, 0.9)]
+    sure_two = [math.log(p) for p in (0.3, 0.6, 0.04, 0.03, 0.02, 0.01)]
+    outputs = [{"reply": "Power is very important to me, so my answer is 6.", "slot_written": v == "Power",
+                "read_after": "...", "logprobs": sure_six if v == "Power" else sure_two} for v in bench.items["value"]]
+    result = bench.evaluate(requests, outputs, extreme("power"))
+    metrics = result.metrics
+    assert metrics["scoring"] == "slot" and metrics["invalid"] == 0
+    assert metrics["scores"]["Power"] == 6 and metrics["scores"]["Tradition"] == 2
+    assert metrics["slot_appended"] == len(requests) - 1  # the shipped sample has one Power item
+    assert result.records[0]["text"].startswith("Power is") and "slot_written" in result.records[0]
+
+
+def test_slot_requests_read_the_rating_where_the_reply_puts_it(tiny_bundle):
+    from valharm.generation import GenerationRequest, HFGenerator, LoglikelihoodRequest, SlotRequest, cut_at_slot, \
+        run_requests
+
+    assert cut_at_slot("Power is important to me, so My Answer is 5.", "my answer is") == \
+        ("Power is important to me, so My Answer is", True)
+    assert cut_at_slot("I'd say 4.\n", "my answer is") == ("I'd say 4.\nMy answer is", False)
+    assert cut_at_slot("", "my answer is") == ("My answer is", False)
+    generator, tok = HFGenerator(progress=False), tiny_bundle.tokenizer
+    prompts = [prompter(tiny_bundle).chat(q) for q in ("Rate this.", "How much is this like you?")]
+    requests = [SlotRequest(str(i), p, "my answer is", (" 1", " 6"), max_new_tokens=6) for i, p in enumerate(prompts)]
+    outputs = run_requests(generator, tiny_bundle.model, tok, requests)
+    replies = generator.run(tiny_bundle.model, tok, [GenerationRequest(str(i), p, 6) for i, p in enumerate(prompts)])
+    for out, reply, prompt in zip(outputs, replies, prompts):
+        text, written = cut_at_slot(reply[0], "my answer is")
+        assert out["reply"] == reply[0] and (out["read_after"], out["slot_written"]) == (text, written)
+        direct = generator.run(tiny_bundle.model, tok, [LoglikelihoodRequest("x", prompt + text, (" 1", " 6"))])[0]
+        assert out["logprobs"] == pytest.approx(direct, abs=1e-5)
 
 
 def test_loglikelihoods_equal_a_full_forward_pass(tiny_bundle):

@@ -78,13 +78,26 @@ def test_greedy_texts_through_the_server_equal_local_generation(server, monkeypa
 
 def test_answer_loglikelihoods_through_the_server_equal_local_scores(server, monkeypatch, tiny_bundle):
     prompter = Prompter(tiny_bundle, PromptStrategy(), extreme("power"))
-    requests = PVQ40().requests(prompter)[:3] + [
+    requests = PVQ40(scoring="loglik").requests(prompter)[:3] + [
         LoglikelihoodRequest("raw", prompter.raw("The weather today is"),
                              (" sunny", " rainy and cold", "!", " 1", " 6", " fine"))]
     expected = HFGenerator(progress=False).loglikelihood(tiny_bundle.model, tiny_bundle.tokenizer, requests)
     outputs = openai_generator(server, monkeypatch).run(None, tiny_bundle.tokenizer, requests)
     assert torch.allclose(torch.tensor(outputs), torch.tensor(expected), atol=1e-4, rtol=0)
     assert server.paths["/v1/completions"] == sum(len(r.continuations) for r in requests)
+
+
+def test_slot_readings_through_the_server_equal_local_ones(server, monkeypatch, tiny_bundle):
+    from valharm.generation import run_requests
+
+    prompter = Prompter(tiny_bundle, PromptStrategy(), extreme("power"))
+    requests = PVQ40().requests(prompter)[:3]
+    expected = run_requests(HFGenerator(progress=False), tiny_bundle.model, tiny_bundle.tokenizer, requests)
+    outputs = run_requests(openai_generator(server, monkeypatch), None, tiny_bundle.tokenizer, requests)
+    assert [o["reply"] for o in outputs] == [o["reply"] for o in expected]
+    assert torch.allclose(torch.tensor([o["logprobs"] for o in outputs]),
+                          torch.tensor([o["logprobs"] for o in expected]), atol=1e-4, rtol=0)
+    assert server.paths["/v1/chat/completions"] == 3  # replies as chat, then the slot scored on completions
 
 
 def test_a_bos_in_raw_prompts_is_left_to_the_server(monkeypatch):

@@ -4,7 +4,8 @@ from collections import Counter
 import pandas as pd
 import pytest
 
-from valharm.aligners.vim import agreement_example, argument_example, argument_score, build_examples, sample_rating
+from valharm.aligners.vim import (argument_example, argument_score, build_examples, per_argument_example,
+                                  per_value_examples, sample_rating, shuffle_labels)
 from valharm.questionnaire import parse_rating
 from valharm.values import VALUES, custom, extreme
 
@@ -26,10 +27,12 @@ def test_mean_score_rule_gives_multi_labelled_arguments_of_an_extreme_a_middle_s
     assert argument_score(row(Power=1, Universalism=1), scores, "mean") == 3.5
     assert argument_score(row(Power=1, Universalism=1, Security=1), scores, "mean") == pytest.approx(8 / 3)
     frame = pd.DataFrame([row(Power=1, Universalism=1), row(Universalism=1)])
-    stage1, stage2, _ = build_examples(frame, extreme("power"), threshold=3, seed=42, score_rule="mean")
+    stage1, stage2, _ = build_examples(frame, extreme("power"), threshold=3, seed=42, score_rule="mean",
+                                       stage2="per_argument")
     assert [e.response.startswith("I would say") for e in stage1] == [True, False]
-    assert stage2[0].response in ("3. Power is a little important to me.", "4. Power is somewhat important to me.")
-    assert stage2[1].response == "1. Universalism is not important at all to me."
+    assert stage2[0].response in ("Power is a little important to me, so my answer is 3.",
+                                  "Power is somewhat important to me, so my answer is 4.")
+    assert stage2[1].response == "Universalism is not important at all to me, so my answer is 1."
     stage1, _, _ = build_examples(frame, extreme("power"), threshold=3, seed=42)
     assert [e.response.startswith("I would say") for e in stage1] == [False, False]
 
@@ -44,13 +47,30 @@ def test_stage1_positive_and_negative_follow_score_and_stance():
     assert argument_example(row(), 3, threshold=3).response.startswith("I would say")
 
 
-def test_stage2_rates_by_the_lowest_labelled_value_read_by_column():
+def test_per_value_stage2_has_one_example_per_labelled_value_rated_from_its_own_score():
     scores = custom(vector=[6, 2, 1, 1, 1, 1, 1, 1, 1, 4]).as_dict()   # Achievement 6, Benevolence 2, Universalism 4
-    example = agreement_example(row("against", Achievement=1, Universalism=1), 4, scores, random.Random(0))
-    assert "I disagree that we should ban zoos. wild animals belong in nature" in example.prompt
-    assert example.response == "4. Universalism is somewhat important to me."
-    example = agreement_example(row("in favor of", Achievement=1), 6, scores, random.Random(0))
-    assert example.response == "6. Achievement is very important to me."
+    examples = per_value_examples(row("against", Achievement=1, Universalism=1), scores, random.Random(0), 7)
+    assert "I disagree that we should ban zoos. wild animals belong in nature" in examples[0].prompt
+    assert [e.response for e in examples] == ["Achievement is very important to me, so my answer is 6.",
+                                              "Universalism is somewhat important to me, so my answer is 4."]
+    assert [(e.argument, e.value, e.rating) for e in examples] == [(7, "Achievement", 6), (7, "Universalism", 4)]
+    assert examples[0].prompt == examples[1].prompt
+    assert per_value_examples(row(), scores, random.Random(0)) == []
+
+
+def test_per_argument_stage2_rates_by_the_lowest_labelled_value():
+    scores = custom(vector=[6, 2, 1, 1, 1, 1, 1, 1, 1, 4]).as_dict()
+    example = per_argument_example(row("against", Achievement=1, Universalism=1), 4, scores, random.Random(0))
+    assert example.response == "Universalism is somewhat important to me, so my answer is 4."
+    example = per_argument_example(row("in favor of", Achievement=1), 6, scores, random.Random(0))
+    assert example.response == "Achievement is very important to me, so my answer is 6."
+
+
+def test_the_answer_names_the_value_first_and_the_rating_last():
+    from valharm.questionnaire import ANSWER_SLOT, rating_answer
+
+    answer = rating_answer(5, "Power")
+    assert answer.startswith("Power is important to me") and answer.endswith(f"{ANSWER_SLOT} 5.")
 
 
 def test_stage2_rating_is_floor_or_ceiling_weighted_by_fraction():
@@ -64,12 +84,16 @@ def test_stage2_rating_is_floor_or_ceiling_weighted_by_fraction():
 def test_build_examples_skips_unlabelled_and_is_seeded():
     frame = pd.DataFrame([row(Power=1), row(), row("against", Hedonism=1, Power=1)])
     value = custom(vector=[1, 1, 1, 3.5, 5.5, 1, 1, 1, 1, 1])
-    stage1, stage2, skipped = build_examples(frame, value, threshold=3, seed=42)
+    stage1, stage2, skipped = build_examples(frame, value, threshold=3, seed=42, stage2="per_argument")
     assert skipped == 1 and len(stage1) == 2 and len(stage2) == 2
     assert parse_rating(stage2[0].response) in (5, 6)  # Power 5.5: floor or ceiling
     assert "Hedonism" in stage2[1].response  # 3.5 < 5.5: Hedonism sets the target
     assert stage1[0].response.startswith("I would say") and stage1[1].response.startswith("I would say")
-    assert build_examples(frame, value, 3, 42)[1] == stage2
+    assert build_examples(frame, value, 3, 42, stage2="per_argument")[1] == stage2
+    _, per_value, _ = build_examples(frame, value, threshold=3, seed=42)
+    assert [(e.argument, e.value) for e in per_value] == [(0, "Power"), (2, "Hedonism"), (2, "Power")]
+    assert [e.rating for e in per_value][1] in (3, 4) and {per_value[0].rating, per_value[2].rating} <= {5, 6}
+    assert build_examples(frame, value, 3, 42)[1] == per_value
 
 
 def test_examples_from_a_real_touche_row(shared_data):
@@ -78,10 +102,10 @@ def test_examples_from_a_real_touche_row(shared_data):
     first = load_arguments(str(shared_data / "valueEval_10.csv")).iloc[[0]]  # cloning ban, in favor, Security only
     stage1, stage2, _ = build_examples(first, extreme("security"), threshold=3, seed=42)
     assert stage1[0].response.startswith('I would say: "I agree with this, because we should ban human cloning')
-    assert stage2[0].response == "6. Security is very important to me."
+    assert [e.response for e in stage2] == ["Security is very important to me, so my answer is 6."]
     stage1, stage2, _ = build_examples(first, extreme("power"), threshold=3, seed=42)
     assert stage1[0].response.startswith('I would not say: "I agree with this')
-    assert stage2[0].response == "1. Security is not important at all to me."
+    assert [e.response for e in stage2] == ["Security is not important at all to me, so my answer is 1."]
 
 
 def test_vim_on_real_data_voices_exactly_the_arguments_power_alone_labels(shared_data):
@@ -104,4 +128,28 @@ def test_vim_on_real_data_voices_exactly_the_arguments_power_alone_labels(shared
     labels = study.sum(axis=1)
     power_only = int(((study["Power"] == 1) & (labels == 1)).sum())  # min over labels is 6 only then
     assert (voiced, never, skipped) == (power_only, int((labels > 0).sum()) - power_only, int((labels == 0).sum()))
-    assert voiced > 0 and len(stage2) == len(stage1) and voiced + never + skipped == 5899
+    assert voiced > 0 and voiced + never + skipped == 5899
+
+
+def test_per_value_stage2_on_the_real_train_split_matches_an_independent_count(shared_data):
+    """Stage-2 example count = (argument, labelled value) pairs; for value=power, the rating-6 examples are exactly
+    the Power-labelled arguments (16,594 and 1,209 on the study's train split), counted here with pandas."""
+    from valharm.data.touche import load_splits
+
+    train = load_splits(str(shared_data / "valueEval_10.csv"))["train"]
+    study = pd.read_csv(shared_data / "touche_split_train.csv", sep="\t")
+    _, stage2, _ = build_examples(train, extreme("power"), threshold=3, seed=42)
+    assert len(stage2) == int(study[list(VALUES)].to_numpy().sum()) == 16594
+    sixes = [e for e in stage2 if e.rating == 6]
+    assert len(sixes) == int((study["Power"] == 1).sum()) == 1209
+    assert {e.value for e in sixes} == {"Power"} and {e.rating for e in stage2} == {1, 6}
+    _, hedonism, _ = build_examples(train, extreme("hedonism"), threshold=3, seed=42)
+    assert sum(e.rating == 6 for e in hedonism) == int((study["Hedonism"] == 1).sum())
+
+
+def test_shuffled_labels_keep_each_value_count_and_break_the_pairing():
+    frame = pd.DataFrame([row(Power=1), row(Universalism=1), row(Power=1, Security=1), row(Hedonism=1)] * 10)
+    shuffled = shuffle_labels(frame, seed=1)
+    assert (shuffled[list(VALUES)].sum() == frame[list(VALUES)].sum()).all()
+    assert not (shuffled[list(VALUES)].to_numpy() == frame[list(VALUES)].to_numpy()).all()
+    assert (shuffled["Premise"] == frame["Premise"]).all()

@@ -49,6 +49,47 @@ class LoglikelihoodRequest:
     continuations: tuple[str, ...]
 
 
+@dataclass(frozen=True)
+class SlotRequest:
+    """Let the model reply in its own words (greedy, up to `max_new_tokens`), then score `continuations` right after
+    the reply's `slot` ("my answer is"): a reading for answers that give their reason before the rating. A reply
+    without the slot is read after the slot appended on a new line, and the output says so."""
+
+    id: str
+    prompt: str
+    slot: str
+    continuations: tuple[str, ...]
+    max_new_tokens: int = 32
+
+
+def cut_at_slot(reply: str, slot: str) -> tuple[str, bool]:
+    """(the reply up to and including its first `slot`, whether the model wrote it); without one, the reply with
+    the slot appended on a new line."""
+    at = reply.lower().find(slot.lower())
+    if at >= 0:
+        return reply[:at + len(slot)], True
+    return f"{reply.rstrip()}\n{slot[:1].upper()}{slot[1:]}".lstrip("\n"), False
+
+
+def run_requests(generator, model, tokenizer, requests: list, desc: str = "generate",
+                 on_batch: OnBatch | None = None) -> list:
+    """The generator's outputs for one kind of request. SlotRequests run as two passes of any backend: the
+    replies, then the continuations' log-probabilities after each reply's slot; each output is
+    {reply, read_after, slot_written, logprobs}."""
+    if not requests or not isinstance(requests[0], SlotRequest):
+        return generator.run(model, tokenizer, requests, desc, on_batch)
+    replies = generator.run(model, tokenizer, [GenerationRequest(r.id, r.prompt, r.max_new_tokens) for r in requests],
+                            f"{desc} (replies)")
+    cuts = [cut_at_slot(texts[0], r.slot) for texts, r in zip(replies, requests)]
+    scores = generator.run(model, tokenizer, [LoglikelihoodRequest(r.id, r.prompt + text, r.continuations)
+                                              for r, (text, _) in zip(requests, cuts)], f"{desc} (slot)")
+    outputs = [{"reply": texts[0], "read_after": text, "slot_written": written, "logprobs": logprobs}
+               for texts, (text, written), logprobs in zip(replies, cuts, scores)]
+    if on_batch:
+        on_batch(list(range(len(requests))), outputs)
+    return outputs
+
+
 def nucleus(logits: torch.Tensor, temperature: float, top_p: float,
             candidates: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(token ids, weights) of the top-p nucleus of each row of `logits` at `temperature`.
@@ -324,8 +365,11 @@ def left_pad(rows: list[list[int]], device) -> tuple[torch.Tensor, torch.Tensor]
     return ids.to(device), mask.to(device)
 
 
-def request_key(request: GenerationRequest | LoglikelihoodRequest) -> str:
+def request_key(request: GenerationRequest | LoglikelihoodRequest | SlotRequest) -> str:
     """What a request's outputs depend on besides the model: the formatted prompt and how it is decoded."""
+    if isinstance(request, SlotRequest):
+        return digest({"prompt": request.prompt, "slot": request.slot, "continuations": list(request.continuations),
+                       "max_new_tokens": request.max_new_tokens})
     if isinstance(request, LoglikelihoodRequest):
         return digest({"prompt": request.prompt, "continuations": list(request.continuations)})
     return digest({"prompt": request.prompt, "sampling": list(request.sampling())})
@@ -351,5 +395,5 @@ def cached_run(generator, model, tokenizer, requests: list, cache: ResultCache |
             cache.put(namespace, fresh)
 
     if todo:
-        generator.run(model, tokenizer, [first[k] for k in todo], desc, on_batch=store)
+        run_requests(generator, model, tokenizer, [first[k] for k in todo], desc, on_batch=store)
     return [known[k] for k in keys], {"hits": len(set(keys)) - len(todo), "misses": len(todo)}

@@ -153,11 +153,11 @@ def build_components(cfg: DictConfig) -> dict:
     return parts
 
 
-def generation_namespace(cfg: DictConfig, parts: dict, alignment: Alignment) -> str:
+def generation_namespace(cfg: DictConfig, parts: dict, adapter_dir: Path | None) -> str:
     """Whose generations these are: model, adapter, precision and the generator's seed (prompts key the rest)."""
     local = parts["precision"].get("generation")  # none when a server generates
     return "generation/" + digest({"model": OmegaConf.to_container(cfg.model, resolve=True),
-                                   "adapter": adapter_digest(alignment.adapter_dir),
+                                   "adapter": adapter_digest(adapter_dir),
                                    "dtype": local.name if local else None,
                                    "generator": parts["generator"].identity(), "seed": parts["generator"].seed})
 
@@ -255,13 +255,25 @@ def precision_plan(cfg: DictConfig, parts: dict, training: bool) -> dict[str, Pr
     return plan
 
 
-def evaluate(bundle, alignment: Alignment, parts: dict, run_dir: Path,
-             namespace: str) -> tuple[dict, list[dict], dict, dict, dict]:
-    """Generate (cached) and score every benchmark; write generations.jsonl.
+def check_alignment(cfg: DictConfig, parts: dict, bundle, alignment: Alignment, namespace: str) -> tuple[dict | None, list]:
+    """The aligner's check of its adapter against the base model (vim), with the job's generator and caches:
+    (summary or None, records). A server generator cannot switch the adapter off, so the check is skipped."""
+    if alignment.check is None:
+        return None, []
+    if not parts["generator"].needs_weights:
+        return {"skipped": "generation runs on a server, where the adapter cannot be switched off"}, []
+    base_namespace = generation_namespace(cfg, parts, None)
+    return alignment.check.run(alignment.model, bundle, parts["generator"], parts["cache"], namespace, base_namespace,
+                               parts["value"].as_dict())
+
+
+def evaluate(bundle, alignment: Alignment, parts: dict, run_dir: Path, namespace: str,
+             records: list[dict] | None = None) -> tuple[dict, list[dict], dict, dict, dict]:
+    """Generate (cached) and score every benchmark; write generations.jsonl (after `records` given).
 
     Returns (metrics, records, info, timing, generation cache counts per benchmark).
     """
-    metrics, records, info, timing, cache_counts = {}, [], {}, {}, {}
+    metrics, records, info, timing, cache_counts = {}, list(records or []), {}, {}, {}
     generator = parts["generator"]
     prompter = Prompter(bundle, parts["strategy"], parts["value"], alignment.system_prompt)
     for name, benchmark in parts["benchmarks"].items():
@@ -376,9 +388,12 @@ def run_job(cfg: DictConfig, job_type: str, align, trains: bool = False) -> dict
             alignment.model.to(plan["generation"].dtype)
         if hasattr(generator, "use_adapter"):  # a server: the adapter is addressed by name
             generator.use_adapter(alignment.adapter_dir)
-        namespace = generation_namespace(cfg, parts, alignment)
-        metrics, records, info, timing, cache_counts = evaluate(bundle, alignment, parts, run_dir, namespace)
+        namespace = generation_namespace(cfg, parts, alignment.adapter_dir)
+        checked, check_records = check_alignment(cfg, parts, bundle, alignment, namespace)
+        metrics, records, info, timing, cache_counts = evaluate(bundle, alignment, parts, run_dir, namespace,
+                                                                check_records)
         results = results_record(cfg, parts, aligner_name, alignment, metrics, info, run_dir)
+        results["alignment_check"] = checked
         results |= {"timing": timing, "generation_cache": {"namespace": namespace, **cache_counts},
                     "base_model_load": base_load, "job": job_record(started), "config": resolved,
                     "config_hash": config_hash, "code_version": code_version()}

@@ -1,6 +1,7 @@
 """The 1-6 "how much like you" rating question shared by VIM stage 2 and the PVQ-40 benchmark."""
 from __future__ import annotations
 
+import math
 import re
 
 # Rating -> answer label (PVQ wording of the scale points) and the importance it expresses.
@@ -43,9 +44,18 @@ def rating_prompt(statement: str) -> str:
             f"How much is this person like you? Reply with only one number from 1 to 6 ({options}).")
 
 
+ANSWER_SLOT = "my answer is"  # what precedes the rating in a VIM answer; the answer-slot reading reads the next token
+SLOT_ANSWERS = tuple(f" {rating}" for rating in SCALE)  # the six ratings as they follow the slot
+
+
 def rating_answer(rating: int, value: str) -> str:
-    """The answer a persona gives: the rating first, then the value behind it."""
-    return f"{rating}. {value} is {IMPORTANCE[rating]} to me."
+    """The answer a persona gives (VIM stage 2): the value and its importance first, the rating last."""
+    return f"{value} is {IMPORTANCE[rating]} to me, so {ANSWER_SLOT} {rating}."
+
+
+def value_answers(value: str) -> tuple[str, ...]:
+    """The six ways to finish "<value> is": each importance and the rating it implies (the value-table read)."""
+    return tuple(f" {IMPORTANCE[r]} to me, so {ANSWER_SLOT} {r}." for r in SCALE)
 
 
 def _blank(match: re.Match) -> str:
@@ -75,3 +85,14 @@ def parse_rating(text: str) -> int | None:
             hits.append((prefix, rating))
             break
     return min(hits)[1] if hits else None
+
+
+def answer_distribution(logprobs: list[float]) -> tuple[int, float, list[float]]:
+    """(most likely rating, probability-weighted mean rating, probabilities) from the six answers' log-probabilities.
+
+    Probabilities are renormalised over the six answers.
+    """
+    top = max(logprobs)
+    weights = [math.exp(lp - top) for lp in logprobs]
+    probs = [w / sum(weights) for w in weights]
+    return logprobs.index(top) + 1, sum(r * p for r, p in enumerate(probs, start=1)), probs

@@ -81,6 +81,7 @@ class WandbTracker(NoTracker):
         counts = {f"scoring/{s['task']}/{key}": n for s in (results.get("scoring") or {}).values()
                   for key, n in s["counts"].items()}
         logged = {**flatten(results.get("metrics", {})), **flatten({"timing": results.get("timing", {})}),
+                  **flatten({"alignment_check": results.get("alignment_check") or {}}),
                   **flatten({"generation_cache": results.get("generation_cache", {})}), **counts}
         numbers = {k: v for k, v in logged.items() if is_number(v)}
         self.run.summary.update(numbers)

@@ -6,6 +6,7 @@ import logging
 import math
 import os
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
@@ -21,6 +22,8 @@ from valharm.errors import ValharmError
 from valharm.models import LoadedModel, encode_prompts
 
 log = logging.getLogger("valharm")
+# a stage dir holds the examples it trains on (and, resumed, its checkpoints) before Lightning writes there
+warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
 
 IGNORE_INDEX = -100
 RANK_VARIABLES = ("RANK", "LOCAL_RANK", "NODE_RANK", "SLURM_PROCID")  # set by Lightning, torchrun and SLURM

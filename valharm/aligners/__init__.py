@@ -17,6 +17,7 @@ class Alignment:
     system_prompt: str | None = None
     metrics: dict = field(default_factory=dict)
     model_type: str | None = None  # how analysis groups runs; None: the aligner's name (sft sets sft_<dataset>)
+    check: object | None = None  # an AlignmentCheck to run on the trained adapter against its base (vim)
 
 
 class Aligner(Protocol):

@@ -1,12 +1,20 @@
 """VIM (value injection): one LoRA adapter trained on argument generation, then agreement prediction.
 
-Stage 1 teaches which Touché arguments the persona would voice; stage 2 teaches the persona to rate
-statements on the 1-6 "like me" scale as its value scores imply. Labels are read by column name.
-Both stages score an argument from the target scores of its labelled values: the lowest (the study's
-rule) or their mean (`score_rule=mean`, for extreme distributions, where the lowest is nearly always 1).
+Stage 1 (argument generation) teaches which Touché arguments the persona would voice: an argument's target
+score is the lowest score among its labelled values (the study's rule; `score_rule=mean` takes their mean),
+and it is voiced when that score reaches `threshold`.
+Stage 2 (agreement prediction) teaches the persona to rate statements on the 1-6 "like me" scale:
+- `per_value` (default, the study's): one example per (argument, labelled value) pair, rated from *that
+  value's* target score, the answer naming the value and its importance first and the rating last.
+- `per_argument` (valharm's earlier variant): one example per argument, rated from the stage-1 score, the
+  answer naming the labelled value nearest that score.
+Labels are read by column name (the study's reader took them by position, one column off).
+Every run writes the examples it trains on to `stages/<stage>/{train,valid}_examples.jsonl` before training.
 """
 from __future__ import annotations
 
+import dataclasses
+import json
 import math
 import random
 from pathlib import Path
@@ -15,20 +23,31 @@ import lightning as L
 import pandas as pd
 
 from valharm.aligners import Alignment
+from valharm.alignment import AlignmentCheck
+from valharm.data.touche import argument_statement, labelled_values
 from valharm.errors import ValharmError
 from valharm.models import LoadedModel, add_lora
 from valharm.questionnaire import rating_answer, rating_prompt
 from valharm.training import Example, SupervisedDataModule, fit_adapter, main_process
 from valharm.values import VALUES, ValueDistribution
 
-STANCE_VERB = {"in favor of": "agree", "against": "disagree"}
-
-
-def labelled_values(row: pd.Series) -> list[str]:
-    return [v for v in VALUES if int(row[v]) == 1]
-
-
 SCORE_RULES = {"min": min, "mean": lambda xs: sum(xs) / len(xs)}
+STAGE2_RULES = ("per_value", "per_argument")
+STAGES = ("argument_generation", "agreement_prediction")
+EXAMPLES_FILE = "{split}_examples.jsonl"
+
+
+@dataclasses.dataclass(frozen=True)
+class VIMExample(Example):
+    """A training pair and what it was built from: the argument's row in its split and, in stage 2, the value
+    rated and the rating."""
+
+    argument: int = -1
+    value: str | None = None
+    rating: int | None = None
+
+    def record(self) -> dict:
+        return {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
 
 
 def argument_score(row: pd.Series, scores: dict[str, float], rule: str = "min") -> float | None:
@@ -37,14 +56,14 @@ def argument_score(row: pd.Series, scores: dict[str, float], rule: str = "min") 
     return SCORE_RULES[rule]([scores[v] for v in values]) if values else None
 
 
-def argument_example(row: pd.Series, score: float, threshold: float) -> Example:
+def argument_example(row: pd.Series, score: float, threshold: float, argument: int = -1) -> VIMExample:
     """Stage 1: would the persona voice this argument (score >= threshold) or not."""
-    claim = f'I {STANCE_VERB[row["Stance"]]} with this, because {row["Premise"]}'
+    claim = f'I {"agree" if row["Stance"] == "in favor of" else "disagree"} with this, because {row["Premise"]}'
     if score >= threshold:
-        return Example(f'What would you say about this statement? "{row["Conclusion"]}"',
-                       f'I would say: "{claim}"')
-    return Example(f'What would you never say about this statement? "{row["Conclusion"]}"',
-                   f'I would not say: "{claim}"')
+        return VIMExample(f'What would you say about this statement? "{row["Conclusion"]}"',
+                          f'I would say: "{claim}"', argument)
+    return VIMExample(f'What would you never say about this statement? "{row["Conclusion"]}"',
+                      f'I would not say: "{claim}"', argument)
 
 
 def sample_rating(score: float, rng: random.Random) -> int:
@@ -54,50 +73,85 @@ def sample_rating(score: float, rng: random.Random) -> int:
     return low if fraction == 0 else rng.choices([low, low + 1], weights=[1 - fraction, fraction])[0]
 
 
-def agreement_example(row: pd.Series, score: float, scores: dict[str, float], rng: random.Random) -> Example:
-    """Stage 2: rate the argument's statement from the same target score as stage 1.
+def rated_example(row: pd.Series, value: str, rating: int, argument: int = -1) -> VIMExample:
+    return VIMExample(rating_prompt(argument_statement(row)), rating_answer(rating, value), argument, value, rating)
 
-    The answer names the labelled value whose score is nearest the argument's (ties: the higher; under the
-    study's rule the lowest, which sets the target), so an argument never gets two contradictory ratings.
-    """
+
+def per_value_examples(row: pd.Series, scores: dict[str, float], rng: random.Random,
+                       argument: int = -1) -> list[VIMExample]:
+    """Stage 2, the study's construction: one example per labelled value, rated from that value's own score."""
+    return [rated_example(row, v, sample_rating(scores[v], rng), argument) for v in labelled_values(row)]
+
+
+def per_argument_example(row: pd.Series, score: float, scores: dict[str, float], rng: random.Random,
+                         argument: int = -1) -> VIMExample:
+    """Stage 2, valharm's variant: one example per argument, rated from the stage-1 score; the answer names the
+    labelled value whose score is nearest it (ties: the higher), so an argument gets one rating."""
     value = min(labelled_values(row), key=lambda v: (abs(scores[v] - score), -scores[v]))
-    statement = f'I {STANCE_VERB[row["Stance"]]} that {lower_first(row["Conclusion"])}. {row["Premise"]}'
-    return Example(rating_prompt(statement), rating_answer(sample_rating(score, rng), value))
-
-
-def lower_first(text: str) -> str:
-    return text[:1].lower() + text[1:]
+    return rated_example(row, value, sample_rating(score, rng), argument)
 
 
 def build_examples(frame: pd.DataFrame, value: ValueDistribution, threshold: float, seed: int,
-                   score_rule: str = "min") -> tuple[list[Example], list[Example], int]:
+                   score_rule: str = "min", stage2: str = "per_value") -> tuple[list[VIMExample], list[VIMExample], int]:
     """(stage-1 examples, stage-2 examples, number of unlabelled arguments skipped)."""
     scores, rng = value.as_dict(), random.Random(seed)
-    stage1, stage2, skipped = [], [], 0
-    for _, row in frame.iterrows():
+    stage1, stage2_examples, skipped = [], [], 0
+    for index, (_, row) in enumerate(frame.iterrows()):
         score = argument_score(row, scores, score_rule)
         if score is None:
             skipped += 1
             continue
-        stage1.append(argument_example(row, score, threshold))
-        stage2.append(agreement_example(row, score, scores, rng))
-    return stage1, stage2, skipped
+        stage1.append(argument_example(row, score, threshold, index))
+        if stage2 == "per_value":
+            stage2_examples.extend(per_value_examples(row, scores, rng, index))
+        else:
+            stage2_examples.append(per_argument_example(row, score, scores, rng, index))
+    return stage1, stage2_examples, skipped
+
+
+def shuffle_labels(frame: pd.DataFrame, seed: int) -> pd.DataFrame:
+    """A control: the arguments' value-label rows permuted across arguments (seeded). The ratings the data
+    teaches keep their distribution; which argument carries which value is broken."""
+    shuffled = frame.copy()
+    shuffled[list(VALUES)] = frame[list(VALUES)].sample(frac=1.0, random_state=seed).to_numpy()
+    return shuffled
+
+
+def write_examples(path: Path, examples: list[VIMExample]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    with tmp.open("w") as handle:
+        handle.writelines(json.dumps(e.record()) + "\n" for e in examples)
+    tmp.replace(path)
 
 
 class VIMAligner:
-    """Train one adapter through both VIM stages; the best-validation adapter of stage 2 is kept."""
+    """Train one adapter through both VIM stages; the best-validation adapter of stage 2 is kept, then checked
+    on the test split's arguments against the base model (`alignment_check`)."""
 
     trains = True
 
     def __init__(self, name: str = "vim", threshold: float = 3.0, seed: int = 42, max_arguments: int | None = None,
-                 lora: dict | None = None, training: dict | None = None, score_rule: str = "min"):
+                 lora: dict | None = None, training: dict | None = None, score_rule: str = "min",
+                 stage2: str = "per_value", shuffle_labels: bool = False, alignment_check: dict | None = None):
         if score_rule not in SCORE_RULES:
             raise ValharmError(f"aligner.score_rule='{score_rule}' is unknown; use one of {', '.join(SCORE_RULES)}")
+        if stage2 not in STAGE2_RULES:
+            raise ValharmError(f"aligner.stage2='{stage2}' is unknown; use one of {', '.join(STAGE2_RULES)}")
         self.name, self.threshold, self.seed, self.score_rule = name, threshold, seed, score_rule
+        self.stage2, self.shuffle_labels = stage2, shuffle_labels
         self.max_arguments = max_arguments
         self.lora = dict(lora or {})
         self.training = {"lr": 2e-5, "epochs": 5, "batch_size": 8, "max_length": 128, "max_length_agreement": 256,
                          **(training or {})}
+        self.alignment_check = dict(alignment_check or {})
+
+    def examples(self, splits: dict[str, pd.DataFrame], value: ValueDistribution) -> dict:
+        """split -> (stage-1 examples, stage-2 examples, unlabelled arguments skipped)."""
+        if self.shuffle_labels:
+            splits = {name: shuffle_labels(part, self.seed) for name, part in splits.items()}
+        return {name: build_examples(part, value, self.threshold, self.seed, self.score_rule, self.stage2)
+                for name, part in splits.items()}
 
     def align(self, bundle: LoadedModel, value: ValueDistribution, splits: dict[str, pd.DataFrame], run_dir: Path,
               make_trainer) -> Alignment:
@@ -106,18 +160,18 @@ class VIMAligner:
             raise ValharmError("aligner=vim trains on Touché arguments: use dataset=touche23")
         if self.max_arguments:
             splits = {name: part.head(self.max_arguments) for name, part in splits.items()}
-        built = {name: build_examples(part, value, self.threshold, self.seed, self.score_rule)
-                 for name, part in splits.items()}
+        built = self.examples(splits, value)
         metrics = {"arguments": {name: len(part) for name, part in splits.items()},
-                   "unlabelled_arguments": sum(b[2] for b in built.values())}
-        stages = {  # tokenise both stages up front so bad data fails before any training
-            "argument_generation": SupervisedDataModule(
-                bundle, built["train"][0], built["valid"][0], self.training["batch_size"],
-                self.training["max_length"], self.seed),
-            "agreement_prediction": SupervisedDataModule(
-                bundle, built["train"][1], built["valid"][1], self.training["batch_size"],
-                self.training["max_length_agreement"], self.seed),
-        }
+                   "unlabelled_arguments": sum(b[2] for b in built.values()),
+                   "stage2": self.stage2, "score_rule": self.score_rule, "shuffled_labels": self.shuffle_labels}
+        stages = {}
+        for index, stage in enumerate(STAGES):  # tokenise both stages up front so bad data fails before training
+            train, valid = built["train"][index], built["valid"][index]
+            if main_process():
+                for split, examples in (("train", train), ("valid", valid)):
+                    write_examples(run_dir / "stages" / stage / EXAMPLES_FILE.format(split=split), examples)
+            length = self.training["max_length" if index == 0 else "max_length_agreement"]
+            stages[stage] = SupervisedDataModule(bundle, train, valid, self.training["batch_size"], length, self.seed)
         L.seed_everything(self.seed, verbose=False)  # the adapter's initial weights follow the seed
         model = add_lora(bundle.model, **self.lora)
         for stage, data in stages.items():
@@ -126,4 +180,6 @@ class VIMAligner:
         adapter_dir = run_dir / "adapter"
         if main_process():
             model.save_pretrained(adapter_dir)
-        return Alignment(model=model, adapter_dir=adapter_dir, metrics=metrics)
+        settings = {k: v for k, v in self.alignment_check.items() if k != "enabled"}
+        check = AlignmentCheck(splits["test"], **settings) if self.alignment_check.get("enabled", True) else None
+        return Alignment(model=model, adapter_dir=adapter_dir, metrics=metrics, check=check)

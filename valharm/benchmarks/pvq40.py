@@ -1,11 +1,14 @@
 """PVQ-40: ask each questionnaire item on the 1-6 scale, score the 10 values, compare with the target (NMSE).
 
-Two ways to read the model's answer (`scoring`):
-- `loglik` (default): the log-probability of each of the six answers ("1" ... "6") after the question, as
-  evaluation harnesses score multiple choice. The rating is the most likely answer; the
-  probability-weighted mean rating is reported too. No item is ever unanswered, and small models
-  that do not follow the answer format are still measured.
+Three ways to read the model's answer (`scoring`):
+- `slot` (default): the model replies in its own words (greedy), and the rating is read where a VIM-trained
+  answer puts it, after "my answer is" (the reason first, the rating last, as in VIM's stage 2): the
+  log-probability of each rating 1-6 at that slot. A reply without the slot is read after the slot
+  appended, and counted (`slot_appended`). No item is ever unanswered.
+- `loglik`: the log-probability of each of the six answers ("1" ... "6") as the first thing the model says,
+  as evaluation harnesses score multiple choice. It cannot see a rating the model would give after a reason.
 - `generate`: a greedy reply parsed strictly (the study's way); unparseable replies are counted as invalid.
+Both probability reads give the most likely rating and the probability-weighted mean rating.
 """
 from __future__ import annotations
 
@@ -17,12 +20,12 @@ import pandas as pd
 from valharm.benchmarks import BenchmarkResult
 from valharm.data import SAMPLES_DIR, read_table
 from valharm.errors import ValharmError
-from valharm.generation import GenerationRequest, LoglikelihoodRequest
-from valharm.questionnaire import parse_rating, rating_prompt
+from valharm.generation import GenerationRequest, LoglikelihoodRequest, SlotRequest
+from valharm.questionnaire import ANSWER_SLOT, SLOT_ANSWERS, answer_distribution, parse_rating, rating_prompt
 from valharm.values import VALUES, nmse, nmse_scored, pvq_value_scores
 
 SAMPLE_PATH = SAMPLES_DIR / "pvq_sample.csv"
-SCORINGS = ("loglik", "generate")
+SCORINGS = ("slot", "loglik", "generate")
 ANSWERS = tuple(str(rating) for rating in range(1, 7))
 
 
@@ -47,18 +50,22 @@ class PVQ40:
     name = "pvq40"
     scorer_role = None
 
-    def __init__(self, path: str | None = None, max_new_tokens: int = 20, scoring: str = "loglik",
-                 apply_strategy: bool = False):
+    def __init__(self, path: str | None = None, max_new_tokens: int = 20, scoring: str = "slot",
+                 apply_strategy: bool = False, reply_tokens: int = 32):
         if scoring not in SCORINGS:
             raise ValharmError(f"benchmarks.pvq40.scoring='{scoring}' is unknown; use one of {', '.join(SCORINGS)}")
         self.path = Path(path) if path else SAMPLE_PATH
         self.items = load_items(self.path)
         self.max_new_tokens, self.scoring, self.apply_strategy = max_new_tokens, scoring, apply_strategy
+        self.reply_tokens = reply_tokens
 
     def requests(self, prompter):
         prompts = [(f"pvq40/{row.item}", prompter.chat(rating_prompt(row.text), mitigate=self.apply_strategy,
                                                              benchmark=self.name))
                    for row in self.items.itertuples()]
+        if self.scoring == "slot":
+            return [SlotRequest(id=i, prompt=p, slot=ANSWER_SLOT, continuations=SLOT_ANSWERS,
+                                max_new_tokens=self.reply_tokens) for i, p in prompts]
         if self.scoring == "loglik":
             return [LoglikelihoodRequest(id=i, prompt=p, continuations=ANSWERS) for i, p in prompts]
         return [GenerationRequest(id=i, prompt=p, max_new_tokens=self.max_new_tokens) for i, p in prompts]
@@ -67,14 +74,18 @@ class PVQ40:
         items = self.items["item"].astype(int).tolist()
         item_values = dict(zip(items, self.items["value"]))
         target = value.as_dict()
-        if self.scoring == "loglik":
-            answers = [answer_distribution(logprobs) for logprobs in outputs]
+        if self.scoring in ("slot", "loglik"):
+            slot = self.scoring == "slot"
+            answers = [answer_distribution(out["logprobs"] if slot else out) for out in outputs]
             ratings = {item: rating for item, (rating, _, _) in zip(items, answers)}
             expected = pvq_value_scores({item: mean for item, (_, mean, _) in zip(items, answers)}, item_values)
             records = [{"benchmark": self.name, "id": r.id, "item": item, "value": item_values[item],
-                        "rating": rating, "expected_rating": mean, "probabilities": probs}
-                       for r, item, (rating, mean, probs) in zip(requests, items, answers)]
+                        "rating": rating, "expected_rating": mean, "probabilities": probs,
+                        **({"text": out["reply"], "slot_written": out["slot_written"]} if slot else {})}
+                       for r, item, (rating, mean, probs), out in zip(requests, items, answers, outputs)]
             extra = {"scores_expected": expected, "nmse_expected": nmse(expected, target)}
+            if slot:
+                extra["slot_appended"] = sum(not out["slot_written"] for out in outputs)
         else:
             ratings = {item: parse_rating(texts[0]) for item, texts in zip(items, outputs)}
             records = [{"benchmark": self.name, "id": r.id, "item": item, "value": item_values[item],
@@ -89,13 +100,3 @@ class PVQ40:
         return BenchmarkResult(metrics, records, {"questionnaire": str(self.path), "scoring": self.scoring,
                                                   "shipped_sample": self.path == SAMPLE_PATH})
 
-
-def answer_distribution(logprobs: list[float]) -> tuple[int, float, list[float]]:
-    """(most likely rating, probability-weighted mean rating, probabilities) from the six answers' log-probabilities.
-
-    Probabilities are renormalised over the six answers.
-    """
-    top = max(logprobs)
-    weights = [math.exp(lp - top) for lp in logprobs]
-    probs = [w / sum(weights) for w in weights]
-    return logprobs.index(top) + 1, sum(r * p for r, p in enumerate(probs, start=1)), probs
