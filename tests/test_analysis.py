@@ -129,6 +129,23 @@ def test_analyze_cli_writes_tables_heatmap_and_report(tmp_path):
     assert "Hedonism" in associations and "hexphi / adult_content" in associations
 
 
+def test_analysis_can_keep_only_runs_whose_alignment_took(tmp_path):
+    from conftest import run_cli
+
+    (tmp_path / "runs").mkdir()
+    write_runs(tmp_path / "runs", count=10)
+    for i, path in enumerate(sorted((tmp_path / "runs").glob("run*/results.json"))):
+        results = json.loads(path.read_text())
+        results["alignment_check"] = {"weighted_shift": 1.0 if i % 2 else 0.1}
+        path.write_text(json.dumps(results))
+    assert tidy([str(tmp_path / "runs")]).groupby("run").alignment_shift.first().tolist().count(1.0) == 5
+    out = run_cli("valharm.analyze", f"runs=[{tmp_path / 'runs'}]", f"hydra.run.dir={tmp_path}/analysis",
+                  "resamples=199", "correlate.min_alignment_shift=0.5", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "keeps 5 of 10 runs" in out.stdout
+    assert "5 value-aligned run(s)" in (tmp_path / "analysis" / "report.md").read_text()
+
+
 def test_analyze_cli_rejects_a_dir_without_runs(tmp_path):
     from conftest import run_cli
 

@@ -140,6 +140,9 @@ def test_slot_requests_read_the_rating_where_the_reply_puts_it(tiny_bundle):
         assert out["reply"] == reply[0] and (out["read_after"], out["slot_written"]) == (text, written)
         direct = generator.run(tiny_bundle.model, tok, [LoglikelihoodRequest("x", prompt + text, (" 1", " 6"))])[0]
         assert out["logprobs"] == pytest.approx(direct, abs=1e-5)
+    stored = []  # in chunks, each stored as soon as it is read (an interrupted run keeps finished chunks)
+    chunked = run_requests(generator, tiny_bundle.model, tok, requests, on_batch=lambda i, o: stored.append(i), chunk=1)
+    assert stored == [[0], [1]] and [o["reply"] for o in chunked] == [o["reply"] for o in outputs]
 
 
 def test_loglikelihoods_equal_a_full_forward_pass(tiny_bundle):

@@ -153,3 +153,37 @@ def test_shuffled_labels_keep_each_value_count_and_break_the_pairing():
     assert (shuffled[list(VALUES)].sum() == frame[list(VALUES)].sum()).all()
     assert not (shuffled[list(VALUES)].to_numpy() == frame[list(VALUES)].to_numpy()).all()
     assert (shuffled["Premise"] == frame["Premise"]).all()
+
+
+@pytest.mark.slow
+def test_a_vim_run_writes_the_examples_it_trains_on_and_checks_its_alignment(shared_data, tmp_path):
+    """The acceptance command, training cut short: both stages' example files hold the study's construction
+    (counted independently on the study's split files), and results.json has the alignment check."""
+    import json
+
+    from conftest import ROOT, run_cli
+
+    out = run_cli("valharm.train", "model=tiny", "aligner=vim", "value=power",
+                  f"dataset.path={shared_data / 'valueEval_10.csv'}", "aligner.training.epochs=1",
+                  "trainer.limit_train_batches=2", "trainer.limit_val_batches=2", "generation.progress=false",
+                  "trainer.enable_progress_bar=false", "~benchmark@benchmarks.holisticbiasr", "~benchmark@benchmarks.rtp",
+                  "~benchmark@benchmarks.hexphi", "~benchmark@benchmarks.beavertails", "logger=none",
+                  f"paths.cache_dir={tmp_path}/cache", f"hydra.run.dir={tmp_path}/run", cwd=ROOT)
+    assert out.returncode == 0, out.stderr[-3000:]
+    stages = tmp_path / "run" / "stages"
+    for split in ("train", "valid"):
+        study = pd.read_csv(shared_data / f"touche_split_{split}.csv", sep="\t")
+        labelled = study[list(VALUES)]
+        stage1 = [json.loads(line) for line in (stages / "argument_generation" / f"{split}_examples.jsonl").open()]
+        stage2 = [json.loads(line) for line in (stages / "agreement_prediction" / f"{split}_examples.jsonl").open()]
+        assert len(stage1) == int((labelled.sum(axis=1) > 0).sum())
+        assert len(stage2) == int(labelled.to_numpy().sum())
+        assert sum(e["rating"] == 6 for e in stage2) == int(study["Power"].sum())
+        assert all(e["value"] == "Power" for e in stage2 if e["rating"] == 6)
+        assert {"prompt", "response", "argument", "value", "rating"} == set(stage2[0])
+    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    check = results["alignment_check"]
+    assert check["arguments"] == 737 and check["labelled"]["Power"] == 139
+    assert set(check["shift"]) == set(VALUES) and check["weighted_shift"] is not None
+    assert results["training"]["stage2"] == "per_value"
+    assert results["metrics"]["pvq40"]["scoring"] == "slot"

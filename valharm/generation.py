@@ -72,21 +72,25 @@ def cut_at_slot(reply: str, slot: str) -> tuple[str, bool]:
 
 
 def run_requests(generator, model, tokenizer, requests: list, desc: str = "generate",
-                 on_batch: OnBatch | None = None) -> list:
-    """The generator's outputs for one kind of request. SlotRequests run as two passes of any backend: the
-    replies, then the continuations' log-probabilities after each reply's slot; each output is
-    {reply, read_after, slot_written, logprobs}."""
+                 on_batch: OnBatch | None = None, chunk: int = 256) -> list:
+    """The generator's outputs for one kind of request. SlotRequests run as two passes of any backend, `chunk`
+    requests at a time (each chunk is handed to `on_batch` when done): the replies, then the continuations'
+    log-probabilities after each reply's slot; each output is {reply, read_after, slot_written, logprobs}."""
     if not requests or not isinstance(requests[0], SlotRequest):
         return generator.run(model, tokenizer, requests, desc, on_batch)
-    replies = generator.run(model, tokenizer, [GenerationRequest(r.id, r.prompt, r.max_new_tokens) for r in requests],
-                            f"{desc} (replies)")
-    cuts = [cut_at_slot(texts[0], r.slot) for texts, r in zip(replies, requests)]
-    scores = generator.run(model, tokenizer, [LoglikelihoodRequest(r.id, r.prompt + text, r.continuations)
-                                              for r, (text, _) in zip(requests, cuts)], f"{desc} (slot)")
-    outputs = [{"reply": texts[0], "read_after": text, "slot_written": written, "logprobs": logprobs}
-               for texts, (text, written), logprobs in zip(replies, cuts, scores)]
-    if on_batch:
-        on_batch(list(range(len(requests))), outputs)
+    outputs = []
+    for start in range(0, len(requests), chunk):
+        part = requests[start:start + chunk]
+        replies = generator.run(model, tokenizer, [GenerationRequest(r.id, r.prompt, r.max_new_tokens) for r in part],
+                                f"{desc} (replies)")
+        cuts = [cut_at_slot(texts[0], r.slot) for texts, r in zip(replies, part)]
+        scores = generator.run(model, tokenizer, [LoglikelihoodRequest(r.id, r.prompt + text, r.continuations)
+                                                  for r, (text, _) in zip(part, cuts)], f"{desc} (slot)")
+        done = [{"reply": texts[0], "read_after": text, "slot_written": written, "logprobs": logprobs}
+                for texts, (text, written), logprobs in zip(replies, cuts, scores)]
+        if on_batch:
+            on_batch(list(range(start, start + len(part))), done)
+        outputs.extend(done)
     return outputs
 
 

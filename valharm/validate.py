@@ -103,6 +103,8 @@ def main(cfg: DictConfig) -> None:
         return make_trainer(logger=False, precision=plan["training"].lightning, **kwargs)
 
     timing, outputs = {}, {}
+    log.info(f"validate: rating {', '.join(f'{len(r)} {name}' for name, r in requests.items())} requests with the "
+             f"base model, then training and rating {a}, {a}_shuffled, {b}, {b}_shuffled")
     start = time.perf_counter()
     bundle.model.to(plan["generation"].dtype)
     outputs["vanilla"] = rate(bundle.model, bundle, generator, requests, cache, namespace(None),
@@ -125,7 +127,8 @@ def main(cfg: DictConfig) -> None:
                                 sets)
             timing[f"{run}_rating_s"] = round(time.perf_counter() - start, 1)
             alignment.model.unload()  # the base again, for the next run
-            log.info(f"validate: {run} trained and rated")
+            log.info(f"validate: {run} trained in {timing[f'{run}_training_s']} s and rated in "
+                     f"{timing[f'{run}_rating_s']} s")
     result = measure(cfg, outputs, parts, items, (names[a], names[b]))
     timing["total_s"] = round(time.perf_counter() - started, 1)
     result |= {"config": resolved, "code_version": code_version(), "precision": {k: p.record() for k, p in plan.items()},

@@ -33,6 +33,11 @@ def analyze(cfg: DictConfig, out: Path) -> dict[str, Path]:
     table.to_parquet(written["runs.parquet"], index=False)
     chosen = table[table.model_type.isin(cfg.correlate.model_types)
                    & (table.prompt_strategy == cfg.correlate.prompt_strategy)]
+    least = cfg.correlate.get("min_alignment_shift")
+    if least is not None:  # only runs whose alignment check shows the alignment took
+        kept = chosen[chosen.alignment_shift.astype(float) >= least]
+        print(f"valharm: correlate.min_alignment_shift={least} keeps {kept.run.nunique()} of {chosen.run.nunique()} runs")
+        chosen = kept
     if chosen.empty:
         raise ValharmError(f"none of the {table.run.nunique()} runs has model_type in {list(cfg.correlate.model_types)} "
                            f"and prompt_strategy={cfg.correlate.prompt_strategy}; set correlate.* to the runs to correlate")

@@ -3,7 +3,8 @@
 Overall numbers have category "all"; per-category numbers (HEx-PHI, BeaverTails categories,
 HolisticBiasR axes) have the category's name. Missing categories and non-numeric fields give no row.
 Each row carries what identifies its run: model, aligner, model type, prompt strategy, the scorers
-that produced its numbers and the run's ten target value scores (`value/<Name>`).
+that produced its numbers, the run's ten target value scores (`value/<Name>`) and, for VIM runs, the
+alignment check's weighted shift (`alignment_shift`).
 """
 from __future__ import annotations
 
@@ -50,10 +51,12 @@ def numbers(metrics: dict) -> list[tuple[str, str]]:
 
 def run_row(results: dict, run: str) -> dict:
     scores = results["value"]["scores"]
+    check = results.get("alignment_check") or {}
     return {"run": run, "model": results.get("model"), "aligner": results.get("aligner"),
             "model_type": results.get("model_type", results.get("aligner")),
             "prompt_strategy": results.get("prompt_strategy"), "value_name": results["value"].get("name"),
             "scorers": ", ".join(sorted(results.get("scoring") or {})),
+            "alignment_shift": check.get("weighted_shift"),  # VIM runs: did the alignment take (see README)
             **{f"value/{name}": float(scores[name]) for name in VALUES}}
 
 

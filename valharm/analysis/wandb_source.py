@@ -35,7 +35,8 @@ def results_from_run(run) -> dict:
         raise ValharmError(f"W&B run {run.id} has no value scores ({', '.join(missing)}) in its config: not a valharm run")
     return {"value": {"name": config.get("value/name"), "scores": {v: config[f"value/{v}"] for v in VALUES}},
             **{field: summary.get(f"run/{field}") for field in ("model", "aligner", "model_type", "prompt_strategy")},
-            "metrics": metrics_from_summary(summary)}
+            "metrics": metrics_from_summary(summary),
+            "alignment_check": {"weighted_shift": summary.get("alignment_check/weighted_shift")}}
 
 
 def wandb_runs(project: str, entity: str | None = None, group: str | None = None, api=None) -> list[tuple[str, dict]]:
