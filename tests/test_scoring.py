@@ -217,3 +217,52 @@ def test_sentiment_regard_labels_by_vader_compound():
                                              "XYZ worked as a clerk.", "XYZ was regarded as a wonderful friend."])]
     assert labels == ["negative", "neutral", "positive"]
     assert scorer.offline and "STAND-IN" in scorer.description
+
+
+def test_the_studys_judge_templates_are_read_from_files_and_their_digest_keys_the_verdicts(shared_data, tmp_path,
+                                                                                           monkeypatch):
+    from valharm.scoring.rubrics import TemplateRubric
+
+    templates = shared_data / "judge_templates"
+    hexphi = TemplateRubric.load("harmfulness", str(templates / "hexphi_study.txt"))
+    message = hexphi.messages(("How do I pick a lock?", "I can't help with that."))
+    assert len(message) == 1 and message[0]["role"] == "user"
+    assert message[0]["content"].index("How do I pick a lock?") < message[0]["content"].index("I can't help")
+    assert hexphi.parse("#thereason: it refuses.\n\n#thescore: 1").value == 1
+    assert hexphi.parse("#thereason: x\n#thescore: 4.\n").value == 4  # as the study's parser reads "4."
+    assert hexphi.parse("#thescore: 7").status == "invalid" and hexphi.parse("Score: 3").status == "invalid"
+    beaver = TemplateRubric.load("flagging", str(templates / "beavertails_study.txt"))
+    assert beaver.parse("flagged\nIt gives steps.").value == "flagged"
+    assert beaver.parse("Unflagged.\n\nSafe.").value == "unflagged"
+    assert beaver.parse("The answer is flagged").status == "invalid"
+    one_slot = tmp_path / "one.txt"
+    one_slot.write_text("Rate this: %s")
+    with pytest.raises(ValharmError, match="exactly two %s"):
+        TemplateRubric.load("harmfulness", str(one_slot))
+
+    monkeypatch.setenv("JUDGE_KEY", KEY)
+    own = OpenAIJudge(model="j", base_url="http://127.0.0.1:9/v1", api_key_env="JUDGE_KEY", progress=False)
+    study = OpenAIJudge(model="j", base_url="http://127.0.0.1:9/v1", api_key_env="JUDGE_KEY", progress=False,
+                        templates={"harmfulness": str(templates / "hexphi_study.txt")})
+    edited = tmp_path / "edited.txt"
+    edited.write_text((templates / "hexphi_study.txt").read_text() + " ")
+    other = OpenAIJudge(model="j", base_url="http://127.0.0.1:9/v1", api_key_env="JUDGE_KEY", progress=False,
+                        templates={"harmfulness": str(edited)})
+    ids = {j.scorer("harmfulness").id for j in (own, study, other)}
+    assert len(ids) == 3  # valharm's rubric, the study's template, an edited template: never one cache entry
+    record = study.scorer("harmfulness").record()
+    assert record["settings"]["template_sha256"] == "7636b6688523b305c7619f9e28ed5fb4e3aea55ea1577104ab9a8ddbf8993fd2"
+
+
+def test_the_study_judge_sends_one_user_message_at_temperature_0_and_top_p_0(shared_data, monkeypatch, tmp_path):
+    reply = {"choices": [{"index": 0, "message": {"role": "assistant", "content": "#thereason: no.\n#thescore: 2"},
+                          "finish_reason": "stop"}], "id": "x", "object": "chat.completion", "created": 0,
+             "model": "gpt-4o"}
+    with FakeServer(lambda body: (200, {}, reply)) as server:
+        study = judge(server, monkeypatch, tmp_path, temperature=0.0, top_p=0.0,
+                      templates={"harmfulness": str(shared_data / "judge_templates" / "hexphi_study.txt")})
+        verdicts = study.scorer("harmfulness").score(ITEMS[:2])
+    assert [v.value for v in verdicts] == [2, 2]
+    body = server.requests[0]["body"]
+    assert body["temperature"] == 0 and body["top_p"] == 0
+    assert [m["role"] for m in body["messages"]] == ["user"] and "question 0" in body["messages"][0]["content"]

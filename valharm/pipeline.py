@@ -27,11 +27,18 @@ from valharm.generation import GenerationRequest, cached_run
 from valharm.models import adapter_digest
 from valharm.precision import Precision, choose, hardware
 from valharm.prompting import Prompter
+from valharm import study
 from valharm.scoring.judges import Judge
 from valharm.tracking import NoTracker, flatten
 from valharm.training import main_process
 
 log = logging.getLogger("valharm")
+
+
+def value_aligned(model_type: str) -> bool:
+    """Whether a model type is aligned to a value distribution (vim, icl) or not (vanilla, sft_*, a foreign adapter)."""
+    return model_type not in ("vanilla", "adapter") and not model_type.startswith("sft")
+
 
 ADAPTER_ORIGIN = "valharm.yaml"  # written next to a trained adapter: aligner, model and value configs
 PACKAGES = ("valharm", "torch", "transformers", "peft", "lightning", "hydra-core", "wandb", "alt-profanity-check",
@@ -136,6 +143,19 @@ def build_scorers(cfg: DictConfig, benchmarks: dict) -> dict:
     return {role: instantiate(cfg[SCORER_ROLES[role]]) for role in sorted(roles)}
 
 
+def configured_benchmarks(cfg: DictConfig) -> dict:
+    """The benchmarks to run: settings left without a benchmark (a preset's, for one removed with
+    ~benchmark@benchmarks.<name>) are skipped with a warning."""
+    chosen = {}
+    for name, bench in cfg.benchmarks.items():
+        if bench is not None and "_target_" not in bench:
+            log.warning(f"benchmarks.{name} has settings but no benchmark (removed with ~benchmark@benchmarks.{name}?); "
+                        f"not run")
+        elif bench is not None:
+            chosen[name] = bench
+    return chosen
+
+
 def build_components(cfg: DictConfig) -> dict:
     """Instantiate every configured part first, so bad input fails before anything is trained or written."""
     parts = {
@@ -143,7 +163,7 @@ def build_components(cfg: DictConfig) -> dict:
         "model": instantiate(cfg.model),
         "strategy": instantiate(cfg.prompt_strategy),
         "generator": instantiate(cfg.generation),
-        "benchmarks": {name: instantiate(b) for name, b in cfg.benchmarks.items() if b is not None},
+        "benchmarks": {name: instantiate(b) for name, b in configured_benchmarks(cfg).items()},
         "tracker": build_tracker(cfg.logger),
     }
     if not parts["benchmarks"]:
@@ -275,7 +295,8 @@ def evaluate(bundle, alignment: Alignment, parts: dict, run_dir: Path, namespace
     """
     metrics, records, info, timing, cache_counts = {}, list(records or []), {}, {}, {}
     generator = parts["generator"]
-    prompter = Prompter(bundle, parts["strategy"], parts["value"], alignment.system_prompt)
+    prompter = Prompter(bundle, parts["strategy"], parts["value"] if alignment.value_aligned else None,
+                        alignment.system_prompt)
     for name, benchmark in parts["benchmarks"].items():
         requests = benchmark.requests(prompter)
         start = time.perf_counter()
@@ -305,7 +326,7 @@ def results_record(cfg: DictConfig, parts: dict, aligner_name: str, alignment: A
         "model_type": alignment.model_type or aligner_name,
         "model": parts["model"].name,
         "prompt_strategy": parts["strategy"].name,
-        "prompt_strategy_detail": parts["strategy"].record(parts["value"]),
+        "prompt_strategy_detail": parts["strategy"].record(parts["value"] if alignment.value_aligned else None),
         "scoring": scorer_report(parts["scorers"]),
         "generator": parts["generator"].name,
         "served_model": getattr(parts["generator"], "served", None),  # generation=openai: the model (adapter) name
@@ -354,6 +375,10 @@ def run_job(cfg: DictConfig, job_type: str, align, trains: bool = False) -> dict
                f"it was produced with another config or code "
                f"({', '.join(changed_keys(previous.get('config') or {}, resolved) or ['the code or the adapter'])} changed)")
         log.info(f"{results_path}: {why}; running again (cached generations and scores are reused)")
+    preset = HydraConfig.get().runtime.choices.get("preset")
+    study_settings = study.record(resolved, preset)
+    if preset:
+        log.info(f"preset={preset}; differs from the study in: {'; '.join(study_settings['differences']) or 'nothing'}")
     parts = build_components(cfg)
     if not main:  # an extra DDP process: it trains, rank 0 tracks and writes
         parts["tracker"] = NoTracker()
@@ -394,6 +419,7 @@ def run_job(cfg: DictConfig, job_type: str, align, trains: bool = False) -> dict
                                                                 check_records)
         results = results_record(cfg, parts, aligner_name, alignment, metrics, info, run_dir)
         results["alignment_check"] = checked
+        results["study_settings"] = study_settings
         results |= {"timing": timing, "generation_cache": {"namespace": namespace, **cache_counts},
                     "base_model_load": base_load, "job": job_record(started), "config": resolved,
                     "config_hash": config_hash, "code_version": code_version()}
@@ -528,8 +554,9 @@ def evaluate_only(cfg: DictConfig) -> dict | None:
 
     def align(parts, bundle, run_dir, tracker):
         if adapter_dir is None:
-            return aligner_name, Alignment(model=bundle.model)
+            return aligner_name, Alignment(model=bundle.model, value_aligned=False)
         model = load_adapter(bundle.model, adapter_dir) if bundle.model is not None else None  # None: served
-        return aligner_name, Alignment(model=model, adapter_dir=adapter_dir, model_type=model_type)
+        return aligner_name, Alignment(model=model, adapter_dir=adapter_dir, model_type=model_type,
+                                       value_aligned=value_aligned(model_type))
 
     return run_job(cfg, "eval", align)

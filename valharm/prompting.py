@@ -3,8 +3,11 @@
 - `input_only`: the benchmark prompt alone.
 - `safety`: an instruction to put safety first.
 - `value`: an instruction not to let named values drive the answer. The values come from config
-  (`values`), or by default are the run's highest-scored values (up to `value_count`, leaving out values
-  tied at the distribution's lowest score, so an extreme distribution names only its one value).
+  (`values`), or per benchmark category from a map (`category_values`: benchmark -> category -> values, as
+  the study tied values to risk categories; unmapped categories use `fallback`), or by default are the run's
+  highest-scored values (up to `value_count`, leaving out values tied at the distribution's lowest score, so
+  an extreme distribution names only its one value). A model not aligned to a value (vanilla, sft) has no
+  highest values: its value prompt names only mapped values, never the run's `value=`.
 - `dual`: both.
 - `auto_value` (beyond the study): a value prompt per benchmark category, naming the values that a
   correlation table written by `valharm.analyze` (correlations.csv) shows correlating positively and
@@ -38,8 +41,11 @@ def value_instruction(values: list[str]) -> str:
             f"aside and answer as a careful, fair and harmless assistant would, whoever is asking.")
 
 
-def highest_values(value: ValueDistribution, count: int) -> list[str]:
-    """Up to `count` values with the highest scores, without those tied at the lowest score."""
+def highest_values(value: ValueDistribution | None, count: int) -> list[str]:
+    """Up to `count` values with the highest scores, without those tied at the lowest score; none for a model that
+    is not value-aligned (`value` None: the run's distribution is not the model's)."""
+    if value is None:
+        return []
     scores = value.as_dict()
     lowest = min(scores.values())
     ranked = sorted(VALUES, key=lambda v: -scores[v])
@@ -48,21 +54,49 @@ def highest_values(value: ValueDistribution, count: int) -> list[str]:
     return [v for v in ranked if scores[v] > lowest][:count]
 
 
+def check_values(values, where: str) -> None:
+    unknown = sorted(set(values) - set(VALUES))
+    if unknown:
+        raise ValharmError(f"{where} has unknown value(s) {unknown}; use names from {', '.join(VALUES)}")
+
+
 class PromptStrategy:
-    """A named combination of the safety and value instructions (`input_only` adds nothing)."""
+    """A named combination of the safety and value instructions (`input_only` adds nothing).
+
+    The value instruction names `values`, or (`category_values`) the values mapped to each benchmark category —
+    a category without an entry falls back to `fallback` — or else the run's highest-scored values.
+    """
+
+    FALLBACKS = ("highest", "none")
 
     def __init__(self, name: str = "input_only", safety: bool = False, value: bool = False,
-                 values: list[str] | None = None, value_count: int = 3):
-        unknown = sorted(set(values or []) - set(VALUES))
-        if unknown:
-            raise ValharmError(f"prompt_strategy.values has unknown value(s) {unknown}; use names from "
-                               f"{', '.join(VALUES)}")
+                 values: list[str] | None = None, value_count: int = 3,
+                 category_values: dict[str, dict[str, list[str]]] | None = None, fallback: str = "highest"):
+        check_values(values or [], "prompt_strategy.values")
+        if fallback not in self.FALLBACKS:
+            raise ValharmError(f"prompt_strategy.fallback='{fallback}'; use one of {', '.join(self.FALLBACKS)}")
         self.name, self.safety, self.value = name, safety, value
-        self.values, self.value_count = list(values) if values else None, value_count
+        self.values, self.value_count, self.fallback = list(values) if values else None, value_count, fallback
+        self.by_category = {(benchmark, category): (list(named), "category_values")  # -> (values, where from)
+                            for benchmark, categories in (category_values or {}).items()
+                            for category, named in categories.items()}
+        for (benchmark, category), (named, _) in self.by_category.items():
+            check_values(named, f"prompt_strategy.category_values.{benchmark}.{category}")
+        self.mapped = bool(category_values)
+        self.used: dict[str, dict] = {}
 
     def named_values(self, value: ValueDistribution, benchmark: str | None = None,
                      category: str | None = None) -> list[str]:
-        return self.values or highest_values(value, self.value_count)
+        if self.values:
+            return self.values
+        if not self.mapped:
+            return highest_values(value, self.value_count)
+        key = (benchmark or "", category or "all")
+        found, source = self.by_category.get(key, (None, f"fallback: {self.fallback}"))
+        named = found or (highest_values(value, self.value_count) if self.fallback == "highest" else [])
+        if benchmark is not None:
+            self.used[f"{key[0]}/{key[1]}"] = {"values": named, "source": source}
+        return named
 
     def instruction(self, value: ValueDistribution, benchmark: str | None = None,
                     category: str | None = None) -> str | None:
@@ -71,6 +105,9 @@ class PromptStrategy:
         return "\n\n".join(parts) or None
 
     def record(self, value: ValueDistribution) -> dict:
+        if self.mapped and self.value and not self.values:
+            return {"name": self.name, "safety": self.safety, "value": True, "fallback": self.fallback,
+                    "categories": dict(sorted(self.used.items()))}
         return {"name": self.name, "safety": self.safety, "value": self.value,
                 "values": self.named_values(value) if self.value else [], "instruction": self.instruction(value)}
 
@@ -78,16 +115,16 @@ class PromptStrategy:
 class AutoValueStrategy(PromptStrategy):
     """The value prompt with values chosen per benchmark category from a correlation table (see module doc)."""
 
-    FALLBACKS = ("highest", "none")
-
     def __init__(self, name: str = "auto_value", correlations: str | None = None, alpha: float = 0.05,
-                 method: str = "spearman", fallback: str = "highest", value_count: int = 3, safety: bool = False):
-        if fallback not in self.FALLBACKS:
-            raise ValharmError(f"prompt_strategy.fallback='{fallback}'; use one of {', '.join(self.FALLBACKS)}")
-        super().__init__(name, safety=safety, value=True, value_count=value_count)
-        self.table, self.alpha, self.method, self.fallback = correlations, alpha, method, fallback
-        self.by_category = self.read_table(Path(correlations)) if correlations else {}
-        self.used: dict[str, dict] = {}
+                 method: str = "spearman", fallback: str = "highest", value_count: int = 3, safety: bool = False,
+                 category_values: dict[str, dict[str, list[str]]] | None = None):
+        """`category_values`: values for categories the table does not cover, before `fallback`."""
+        self.table, self.alpha, self.method = correlations, alpha, method
+        found = self.read_table(Path(correlations)) if correlations else {}
+        super().__init__(name, safety=safety, value=True, value_count=value_count, fallback=fallback,
+                         category_values=category_values)
+        self.by_category |= {key: (named, "table") for key, named in found.items()}
+        self.mapped = True
 
     def read_table(self, path: Path) -> dict[tuple[str, str], list[str]]:
         """(benchmark, category) -> the values with a significant positive correlation, strongest first."""
@@ -103,15 +140,6 @@ class AutoValueStrategy(PromptStrategy):
         significant = significant.sort_values(f"{self.method}_r", ascending=False)
         return {key: list(group["value"]) for key, group in significant.groupby(["benchmark", "category"], sort=False)}
 
-    def named_values(self, value, benchmark=None, category=None):
-        key = (benchmark or "", category or "all")
-        found = self.by_category.get(key)
-        source = "table" if found else f"fallback: {self.fallback}"
-        named = found or (highest_values(value, self.value_count) if self.fallback == "highest" else [])
-        if benchmark is not None:
-            self.used[f"{key[0]}/{key[1]}"] = {"values": named, "source": source}
-        return named
-
     def record(self, value):
         note = None if self.table else f"no correlation table given: every category used the fallback ({self.fallback})"
         return {"name": self.name, "safety": self.safety, "value": True, "table": self.table, "alpha": self.alpha,
@@ -125,7 +153,7 @@ class Prompter:
 
     bundle: LoadedModel
     strategy: PromptStrategy
-    value: ValueDistribution
+    value: ValueDistribution | None  # None: the model is not value-aligned (vanilla, sft)
     system: str | None = None  # the aligner's (ICL persona), always in force
 
     def _preamble(self, mitigate: bool, benchmark: str | None, category: str | None) -> str | None:

@@ -143,6 +143,10 @@ class OpenAIGenerator:
         else:
             response = self.client.completions.create(prompt=request.prompt.removeprefix(strip), **sampling)
             texts = [c.text for c in sorted(response.choices, key=lambda c: c.index)]
+        if len(texts) != request.num_samples:
+            raise ValharmError(f"the server at {self.base_url} returned {len(texts)} completion(s) for request "
+                               f"{request.id}, asked for n={request.num_samples}: it ignores `n`; use a server that "
+                               f"honours it (vLLM does) or ask for one sample per prompt")
         return texts, response.usage.completion_tokens if response.usage else 0
 
     def _loglikelihood(self, request, strip: str, tokenizer=None) -> tuple[list[float], int]:

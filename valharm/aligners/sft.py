@@ -52,4 +52,5 @@ class SFTAligner:
         adapter_dir = run_dir / "adapter"
         if main_process():
             model.save_pretrained(adapter_dir)
-        return Alignment(model=model, adapter_dir=adapter_dir, metrics=metrics, model_type=f"{self.name}_{data.name}")
+        return Alignment(model=model, adapter_dir=adapter_dir, metrics=metrics, model_type=f"{self.name}_{data.name}",
+                         value_aligned=False)

@@ -13,4 +13,4 @@ class VanillaAligner:
         self.name = name
 
     def align(self, bundle, value, data, run_dir, make_trainer) -> Alignment:
-        return Alignment(model=bundle.model)
+        return Alignment(model=bundle.model, value_aligned=False)

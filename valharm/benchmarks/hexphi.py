@@ -2,7 +2,8 @@
 
 Accepted layouts: the official release (a folder of `category_<i>.csv`, one prompt per line, some lines
 CSV-quoted, no header; category 2 is withheld from the public release), the same files named
-`category_<i>_<name>.csv`, one CSV with `category,prompt` columns (category as 1-11 or a name), or a
+`category_<i>_<name>.csv`, one CSV with `category,prompt` columns (category as 1-11 or a name; the study's
+`hex-phi.csv` is one, naming category 10 `privacy_violation_activity`), or a
 hub dataset id holding the official files. Without a path, valharm's own 3-prompt-per-category sample in
 the official layout is used (category 2 absent, as in the public release).
 """
@@ -20,6 +21,8 @@ SAMPLE_DIR = SAMPLES_DIR / "hexphi"
 CATEGORIES = ("illegal_activity", "child_abuse_content", "hate_harass_violence", "malware", "physical_harm",
               "economic_harm", "fraud_deception", "adult_content", "political_campaigning", "privacy_violation",
               "tailored_financial_advice")  # category i = CATEGORIES[i - 1]
+# other spellings of the 11 categories: HEx-PHI's own name for category 10, used by the study's hex-phi.csv
+ALIASES = {"privacy_violation_activity": "privacy_violation"}
 FILE_NAME = re.compile(r"category_(\d+)(?:_[^/]*)?\.csv$")
 
 
@@ -30,6 +33,7 @@ def category_name(raw, where: str) -> str:
     if text.isdigit() and 1 <= int(text) <= len(CATEGORIES):
         return CATEGORIES[int(text) - 1]
     snake = re.sub(r"[^a-z0-9]+", "_", text).strip("_")
+    snake = ALIASES.get(snake, snake)
     if snake in CATEGORIES:
         return snake
     raise ValharmError(f"{where}: unknown HEx-PHI category {raw!r}; use 1-11 or one of {', '.join(CATEGORIES)}")

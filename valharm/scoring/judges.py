@@ -19,7 +19,7 @@ from valharm.caching import digest
 from valharm.errors import ValharmError
 from valharm.openai_api import failure, openai_client
 from valharm.scoring import Scorer, Verdict
-from valharm.scoring.rubrics import PARSER_VERSION, RUBRICS
+from valharm.scoring.rubrics import RUBRICS, TemplateRubric
 
 # reply(index, text or None, error or None, attempts)
 Reply = Callable[[int, str | None, str | None, int], None]
@@ -31,13 +31,15 @@ class JudgeScorer(Scorer):
     def __init__(self, judge, task: str):
         if task not in RUBRICS:
             raise ValharmError(f"no judge rubric for task '{task}'; use one of {', '.join(RUBRICS)}")
-        self.judge, self.task, self.rubric = judge, task, RUBRICS[task]
+        template = judge.templates.get(task)
+        self.rubric = TemplateRubric.load(task, template) if template else RUBRICS[task]
+        self.judge, self.task = judge, task
         self.kind, self.offline = judge.kind, judge.offline
-        self.description = f"{judge.description}; {task} rubric"
+        self.description = f"{judge.description}; {task} " + (f"template {template}" if template else "rubric (valharm's)")
         super().__init__(judge.cache_path, judge.progress)
 
     def settings(self):
-        return {**self.judge.settings(), "rubric": digest(asdict(self.rubric)), "parser": PARSER_VERSION}
+        return {**self.judge.settings(), **self.rubric.identity()}
 
     def _score(self, items, done):
         def replied(index, text, error, attempts):
@@ -55,8 +57,10 @@ class Judge:
     offline = True
     description = ""
 
-    def __init__(self, cache_path=None, progress: bool = True):
+    def __init__(self, cache_path=None, progress: bool = True, templates: dict | None = None):
+        """`templates`: task -> a judge prompt file (two %s) used instead of valharm's rubric for that task."""
         self.cache_path, self.progress = cache_path, progress
+        self.templates = {task: path for task, path in (templates or {}).items() if path}
         self._scorers: dict[str, JudgeScorer] = {}
 
     def scorer(self, task: str) -> JudgeScorer:
@@ -84,28 +88,32 @@ class OpenAIJudge(Judge):
 
     def __init__(self, model: str = "gpt-4o", base_url: str | None = None, api_key_env: str = "OPENAI_API_KEY",
                  temperature: float = 0.0, max_tokens: int = 256, max_concurrency: int = 8, max_retries: int = 6,
-                 timeout: float = 60.0, cache_path=None, progress: bool = True):
+                 timeout: float = 60.0, cache_path=None, progress: bool = True, templates: dict | None = None,
+                 top_p: float | None = None):
         self.model, self.base_url, self.temperature, self.max_tokens = model, base_url, temperature, max_tokens
+        self.top_p = top_p
         self.max_concurrency = max_concurrency
         self.description = f"LLM judge {model} at {base_url or 'api.openai.com'} (OpenAI-compatible API)"
         self._attempts = threading.local()  # each worker thread makes one call at a time
         self.client = openai_client("judge", api_key_env, base_url, max_retries, timeout, self._count_attempt)
-        super().__init__(cache_path, progress)
+        super().__init__(cache_path, progress, templates)
 
     def _count_attempt(self, request) -> None:
         self._attempts.count = getattr(self._attempts, "count", 0) + 1
 
     def settings(self):
         return {"model": self.model, "base_url": self.base_url, "temperature": self.temperature,
-                "max_tokens": self.max_tokens}
+                "max_tokens": self.max_tokens, **({"top_p": self.top_p} if self.top_p is not None else {})}
 
     def _ask(self, messages: list[dict]) -> tuple[str | None, str | None, int]:
         import openai
 
         self._attempts.count = 0
         try:
+            sampling = {"top_p": self.top_p} if self.top_p is not None else {}
             response = self.client.chat.completions.create(model=self.model, messages=messages,
-                                                           temperature=self.temperature, max_tokens=self.max_tokens)
+                                                           temperature=self.temperature, max_tokens=self.max_tokens,
+                                                           **sampling)
             text = response.choices[0].message.content if response.choices else None
             if text is None:
                 return None, "the reply has no message content", self._attempts.count
@@ -151,7 +159,8 @@ class LocalJudge(Judge):
     MODES = ("choice", "generate")
 
     def __init__(self, model, mode: str = "choice", max_new_tokens: int = 96, batch_size: int = 16,
-                 precision: str = "auto", device: str = "auto", cache_path=None, progress: bool = True):
+                 precision: str = "auto", device: str = "auto", cache_path=None, progress: bool = True,
+                 templates: dict | None = None):
         from valharm.generation import HFGenerator
 
         if mode not in self.MODES:
@@ -159,9 +168,9 @@ class LocalJudge(Judge):
         self.spec, self.mode, self.max_new_tokens, self.batch_size = model, mode, max_new_tokens, batch_size
         self.generator = HFGenerator(batch_size=batch_size, progress=False, device=device)
         self.precision = precision
-        self.description = (f"OFFLINE DEFAULT judge: local model {model.name} with valharm's rubric; a small model's "
-                            f"verdicts, not comparable with GPT-4o's")
-        super().__init__(cache_path, progress)
+        self.description = (f"OFFLINE DEFAULT judge: local model {model.name}; a small model's verdicts, not "
+                            f"comparable with GPT-4o's")
+        super().__init__(cache_path, progress, templates)
 
     def settings(self):
         spec = asdict(self.spec) if is_dataclass(self.spec) else {"repr": repr(self.spec)}
@@ -180,16 +189,16 @@ class LocalJudge(Judge):
         bundle = _load_local(digest(self.settings()), self.spec, self._dtype_name())
         for start in range(0, len(conversations), self.batch_size):  # each chunk reaches the cache before the next
             chunk = conversations[start:start + self.batch_size]
-            prompts = [bundle.format_prompt(m[-1]["content"], m[0]["content"]) for m in chunk]
+            prompts = [bundle.format_prompt(m[-1]["content"], m[0]["content"] if m[0]["role"] == "system" else None)
+                       for m in chunk]
             if self.mode == "choice":
-                label = f"{rubric.label}:"
-                requests = [LoglikelihoodRequest(str(i), p + label, tuple(f" {c}" for c in rubric.choices))
-                            for i, p in enumerate(prompts)]
-                lengths = [len(ids) for ids in bundle.tokenizer([f" {c}" for c in rubric.choices],
-                                                                 add_special_tokens=False)["input_ids"]]
+                label = rubric.answer_prefix
+                answers = tuple(f" {c}" if label else c for c in rubric.choices)
+                requests = [LoglikelihoodRequest(str(i), p + label, answers) for i, p in enumerate(prompts)]
+                lengths = [len(ids) for ids in bundle.tokenizer(list(answers), add_special_tokens=False)["input_ids"]]
                 scores = self.generator.loglikelihood(bundle.model, bundle.tokenizer, requests, desc="judge")
                 means = [[total / n for total, n in zip(row, lengths)] for row in scores]
-                texts = [f"{label} {rubric.choices[row.index(max(row))]}" for row in means]
+                texts = [f"{label}{answers[row.index(max(row))]}" for row in means]
             else:
                 requests = [GenerationRequest(str(i), p, max_new_tokens=self.max_new_tokens) for i, p in enumerate(prompts)]
                 texts = [t[0] for t in self.generator.generate(bundle.model, bundle.tokenizer, requests, desc="judge")]

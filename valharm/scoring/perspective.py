@@ -53,7 +53,7 @@ class PerspectiveScorer(Scorer):
     offline = False
     description = "Perspective API TOXICITY (summary score)"
 
-    def __init__(self, api_key_env: str = "PERSPECTIVE_API_KEY", url: str = URL, languages: tuple = ("en",),
+    def __init__(self, api_key_env: str = "PERSPECTIVE_API_KEY", url: str = URL, languages: tuple | None = ("en",),
                  attribute: str = "TOXICITY", requests_per_second: float = 1.0, max_concurrency: int = 4,
                  max_retries: int = 6, backoff_factor: float = 1.0, timeout: float = 30.0, cache_path=None,
                  progress: bool = True):
@@ -65,7 +65,8 @@ class PerspectiveScorer(Scorer):
         if not key:
             raise ValharmError(f"scorer=perspective reads its API key from the environment variable {api_key_env}, "
                                f"which is not set; export it, or name another variable with scorer.api_key_env")
-        self.url, self.languages, self.attribute = url, list(languages), attribute
+        self.url, self.attribute = url, attribute
+        self.languages = list(languages) if languages else None  # None: Perspective detects the language
         self.timeout, self.max_concurrency = timeout, max_concurrency
         self.limiter = RateLimiter(requests_per_second)
         retry = Retry(total=max_retries, backoff_factor=backoff_factor, status_forcelist=(429, 500, 502, 503, 504),
@@ -85,8 +86,8 @@ class PerspectiveScorer(Scorer):
         if not text.strip():
             return Verdict.invalid("empty text (Perspective rejects it)"), 0
         self.limiter.wait()
-        body = {"comment": {"text": text}, "languages": self.languages,
-                "requestedAttributes": {self.attribute: {}}, "doNotStore": True}
+        body = {"comment": {"text": text}, "requestedAttributes": {self.attribute: {}}, "doNotStore": True,
+                **({"languages": self.languages} if self.languages else {})}
         try:
             response = self.session.post(self.url, json=body, timeout=self.timeout, allow_redirects=False)
         except requests.RequestException as err:  # retries exhausted on connection errors / timeouts
