@@ -289,3 +289,85 @@ def test_wandb_source_reads_what_the_tracker_logs(tmp_path):
     assert remote[columns].sort_values(columns).values.tolist() == local[columns].sort_values(columns).values.tolist()
     with pytest.raises(ValharmError, match="not a valharm run"):
         wandb_runs("valharm", api=RecordedApi([RecordedRun("x", {}, {})]))
+
+
+def measured_runs(root, count=12, seed=0, judge="local_judge/harmfulness/aaa", shipped=False, start=0, finished=0.0,
+                  strategy="input_only"):
+    """Runs as valharm writes them (identity fields included): Hedonism drives adult-content harmfulness."""
+    rng = np.random.default_rng(seed)
+    for i in range(count):
+        scores = {v: float(rng.uniform(1, 6)) for v in VALUES}
+        adult = 1 + 0.7 * scores["Hedonism"] + float(rng.normal(0, 0.5))
+        results = {"value": {"name": f"v{i}", "scores": scores}, "model": "smollm2_135m", "aligner": "vim",
+                   "model_type": "vim", "prompt_strategy": strategy, "prompt_strategy_detail": {"name": strategy},
+                   "generation_cache": {"namespace": f"generation/adapter-{i}"}, "system_prompt": None,
+                   "config": {"benchmarks": {"hexphi": {"path": "hex-phi.csv"}}}, "job": {"finished": finished + i},
+                   "benchmarks": {"hexphi": {"scorer": judge, "shipped_sample": shipped}},
+                   "scoring": {judge: {}},
+                   "metrics": {"hexphi": {"harmfulness_score": adult / 2, "adult_content": {"harmfulness_score": adult}}}}
+        (root / f"run{start + i}").mkdir(parents=True)
+        (root / f"run{start + i}" / "results.json").write_text(json.dumps(results))
+
+
+def hedonism_adult(folder):
+    import pandas as pd
+
+    table = pd.read_csv(folder / "correlations.csv")
+    return table[(table.value == "Hedonism") & (table.category == "adult_content")]
+
+
+def test_a_measurement_counted_twice_counts_once(tmp_path):
+    """A train sweep plus `valharm.evaluate adapter_dir=...` of the same adapters and strategy: 12 runs, each twice
+    with identical metrics. The correlation has n = 12 and the r of the 12, not a smaller p from 24."""
+    from conftest import run_cli
+
+    measured_runs(tmp_path / "train")
+    measured_runs(tmp_path / "evaluate", finished=100.0)  # the same measurements, later
+    alone = run_cli("valharm.analyze", f"runs=[{tmp_path / 'train'}]", f"hydra.run.dir={tmp_path}/alone",
+                    "resamples=199", cwd=tmp_path)
+    both = run_cli("valharm.analyze", f"runs=[{tmp_path / 'train'},{tmp_path / 'evaluate'}]",
+                   f"hydra.run.dir={tmp_path}/both", "resamples=199", cwd=tmp_path)
+    assert alone.returncode == both.returncode == 0, both.stderr[-2000:]
+    one, two = hedonism_adult(tmp_path / "alone"), hedonism_adult(tmp_path / "both")
+    assert len(two) == 1 and int(two.n.iloc[0]) == 12
+    assert two.spearman_r.iloc[0] == pytest.approx(one.spearman_r.iloc[0])
+    assert two.spearman_p.iloc[0] == pytest.approx(one.spearman_p.iloc[0])
+    import pandas as pd
+
+    dropped = pd.read_csv(tmp_path / "both" / "dropped.csv")
+    assert len(dropped) == 12 and dropped.run.str.contains("train").all() and dropped.kept.str.contains("evaluate").all()
+    assert "24 run(s) read; 12 duplicate" in (tmp_path / "both" / "report.md").read_text()
+
+
+def test_runs_of_different_judges_are_never_pooled_silently(tmp_path):
+    from conftest import run_cli
+
+    measured_runs(tmp_path / "runs", count=6, judge="local_judge/harmfulness/aaa")
+    measured_runs(tmp_path / "runs", count=6, seed=1, judge="openai_judge/harmfulness/bbb", start=6)
+    refused = run_cli("valharm.analyze", f"runs=[{tmp_path / 'runs'}]", f"hydra.run.dir={tmp_path}/a", cwd=tmp_path)
+    assert refused.returncode == 2 and "valharm: error: hexphi mixes runs of different" in refused.stderr
+    assert "local_judge/harmfulness/aaa" in refused.stderr and "pool=per_group" in refused.stderr
+    split = run_cli("valharm.analyze", f"runs=[{tmp_path / 'runs'}]", f"hydra.run.dir={tmp_path}/b", "pool=per_group",
+                    "resamples=199", cwd=tmp_path)
+    assert split.returncode == 0, split.stderr[-2000:]
+    found = hedonism_adult(tmp_path / "b")
+    assert sorted(found.group) == ["G1", "G2"] and found.n.tolist() == [6, 6]
+    measured_runs(tmp_path / "mixed_data", count=6, shipped=True)
+    measured_runs(tmp_path / "mixed_data", count=6, seed=1, start=6)
+    refused = run_cli("valharm.analyze", f"runs=[{tmp_path / 'mixed_data'}]", f"hydra.run.dir={tmp_path}/c", cwd=tmp_path)
+    assert refused.returncode == 2 and "shipped sample" in refused.stderr and "real data" in refused.stderr
+
+
+def test_wandb_counts_only_the_newest_run_of_a_job():
+    from valharm.analysis.wandb_source import wandb_runs
+
+    def run(run_id, finished, score):
+        config = {f"value/{v}": 3.0 for v in VALUES}
+        summary = {"hexphi/harmfulness_score": score, "run/model": "tiny", "run/model_type": "vim",
+                   "run/run_dir": "outputs/train/multirun/x/0_value-power", "run/finished": finished,
+                   "run/identity/hexphi/instrument": "tiny · judge · real data", "run/identity/hexphi/duplicate_key": "k"}
+        return RecordedRun(run_id, config, summary)
+
+    found = wandb_runs("valharm", api=RecordedApi([run("old", 10.0, 4.0), run("new", 20.0, 2.0)]))
+    assert [name for name, _ in found] == ["wandb:valharm/new"]
+    assert found[0][1]["identity"] == {"hexphi": {"instrument": "tiny · judge · real data", "duplicate_key": "k"}}

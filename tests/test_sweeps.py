@@ -44,3 +44,30 @@ def test_study_index_is_checked(index, message):
 
     with pytest.raises(ValharmError, match=message):
         study(index)
+
+
+@pytest.mark.parametrize("experiment", ["vim_all_distributions", "reference_models"])
+def test_the_studys_sweeps_run_the_studys_instruments(shared_data, experiment, monkeypatch):
+    """Composed as a job of the sweep: preset=study's judge, prompts, scorers and real data for all five
+    benchmarks; what still differs from the study is the model only (plus what a CPU run cannot have)."""
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    from conftest import ROOT
+    from valharm.study import differences
+
+    monkeypatch.setenv("VALHARM_DATA_DIR", str(shared_data))
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        job = ["model_type=icl"] if experiment == "reference_models" else []
+        cfg = compose("train", overrides=[f"experiment={experiment}", "model=llama2_7b", *job])
+    config = OmegaConf.to_container(cfg, resolve=True)
+    benchmarks = config["benchmarks"]
+    assert all(benchmarks[b]["path"].startswith(str(shared_data)) for b in benchmarks)
+    assert config["judge"]["top_p"] == 0.0 and config["judge"]["templates"]["harmfulness"].endswith("hexphi_study.txt")
+    assert benchmarks["holisticbiasr"]["preferences"] == ["dispreferred"]
+    found = differences(config)
+    if experiment == "vim_all_distributions":
+        assert config["value"]["coding"] == "paper"
+        assert found == ["aligner.training.max_length_agreement=256 (study: 128)"]
+    else:
+        assert found == []

@@ -28,6 +28,7 @@ from valharm.models import adapter_digest
 from valharm.precision import Precision, choose, hardware
 from valharm.prompting import Prompter
 from valharm import study
+from valharm.analysis.runs import identities
 from valharm.scoring.judges import Judge
 from valharm.tracking import NoTracker, flatten
 from valharm.training import main_process
@@ -423,6 +424,7 @@ def run_job(cfg: DictConfig, job_type: str, align, trains: bool = False) -> dict
         results |= {"timing": timing, "generation_cache": {"namespace": namespace, **cache_counts},
                     "base_model_load": base_load, "job": job_record(started), "config": resolved,
                     "config_hash": config_hash, "code_version": code_version()}
+        results["identity"] = identities(results)  # what analysis groups and deduplicates by (W&B has it too)
         results["wandb"] = tracker.record()
         write_json_atomic(results_path, results)
         tracker.log_results(results, records)

@@ -86,6 +86,8 @@ class WandbTracker(NoTracker):
         numbers = {k: v for k, v in logged.items() if is_number(v)}
         self.run.summary.update(numbers)
         self.run.summary.update({f"run/{key}": results.get(key) for key in RUN_FIELDS})  # for valharm.analyze
+        self.run.summary.update({"run/run_dir": results.get("run_dir"), "run/finished": (results.get("job") or {}).get(
+            "finished"), **flatten({"run/identity": results.get("identity") or {}})})
         if records:
             columns = sorted({k for r in records for k in r})
             rows = [[str(r.get(c, "")) for c in columns] for r in sample_per_benchmark(records, self.table_rows)]

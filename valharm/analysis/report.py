@@ -18,7 +18,7 @@ def heatmap(found: pd.DataFrame, path: Path, method: str = "spearman", alpha: fl
     import matplotlib.pyplot as plt
     import seaborn as sns
 
-    frame = found.assign(column=found.benchmark + " / " + found.category)
+    frame = found.assign(column=label(found))
     r = frame.pivot_table(index="value", columns="column", values=f"{method}_r")
     q = frame.pivot_table(index="value", columns="column", values=f"{method}_q")
     marks = r.round(2).astype(str).where(q.ge(alpha), r.round(2).astype(str) + "*")
@@ -36,23 +36,29 @@ def heatmap(found: pd.DataFrame, path: Path, method: str = "spearman", alpha: fl
     return path
 
 
+def label(frame: pd.DataFrame) -> pd.Series:
+    """'benchmark / category', prefixed by the instrument group when the runs were split into groups."""
+    text = frame.benchmark + " / " + frame.category
+    return frame.group + " · " + text if "group" in frame else text
+
+
 def associations(found: pd.DataFrame, method: str = "spearman", alpha: float = 0.05) -> pd.DataFrame:
     """Per value, the categories it correlates with significantly (q < alpha), positively and negatively."""
     significant = found[found[f"{method}_q"] < alpha]
     rows = []
     for value, group in significant.groupby("value", sort=True):
-        label = group.benchmark + " / " + group.category
+        names = label(group)
         rows.append({"value": value,
-                     "positive": ", ".join(label[group[f"{method}_r"] > 0]),
-                     "negative": ", ".join(label[group[f"{method}_r"] < 0])})
+                     "positive": ", ".join(names[group[f"{method}_r"] > 0]),
+                     "negative": ", ".join(names[group[f"{method}_r"] < 0])})
     return pd.DataFrame(rows, columns=["value", "positive", "negative"])
 
 
-def mitigation_table(table: pd.DataFrame, metrics: dict[str, str]) -> pd.DataFrame:
-    """Per model type, benchmark, category and strategy: the mean metric, its change against input_only and
-    the number of runs behind it."""
+def mitigation_table(table: pd.DataFrame, metrics: dict[str, str], by: tuple[str, ...] = ()) -> pd.DataFrame:
+    """Per model type, benchmark, category and strategy (and `by` group): the mean metric, its change against
+    input_only and the number of runs behind it."""
     chosen = table[[metrics.get(b) == m for b, m in zip(table.benchmark, table.metric)]]
-    keys = ["model_type", "benchmark", "category", "metric"]
+    keys = [*by, "model_type", "benchmark", "category", "metric"]
     means = (chosen.groupby([*keys, "prompt_strategy"])["value"].agg(["mean", "count"]).reset_index()
              .rename(columns={"mean": "score", "count": "runs"}))
     baseline = means[means.prompt_strategy == BASELINE_STRATEGY][[*keys, "score"]].rename(
@@ -81,18 +87,18 @@ def coverage(table: pd.DataFrame) -> pd.DataFrame:
 
 
 def write_report(out: Path, runs: int, found: pd.DataFrame, figure: Path | None, method: str, alpha: float,
-                 sections: dict[str, pd.DataFrame]) -> Path:
-    """report.md: what went in, the heatmap, the associations and strongest correlations, then `sections`
-    (title -> table: model types, tests, mitigation, what was skipped)."""
-    lines = [f"# valharm analysis\n\n{runs} value-aligned run(s) correlated. Correlations: {method} (and Pearson "
-             f"in `correlations.csv`) of each value's target score with each risk category's metric across "
+                 sections: dict[str, pd.DataFrame], intake: str = "") -> Path:
+    """report.md: what went in (`intake`: runs read, dropped, instrument groups), the heatmap, the associations and
+    strongest correlations, then `sections` (title -> table: model types, tests, mitigation, what was skipped)."""
+    lines = [f"# valharm analysis\n\n{intake}{runs} value-aligned run(s) correlated. Correlations: {method} (and "
+             f"Pearson in `correlations.csv`) of each value's target score with each risk category's metric across "
              f"those runs (`n` = runs behind each); q = Benjamini-Hochberg over all tests; significant: "
              f"q < {alpha}; intervals: percentile bootstrap over runs.\n"]
     if figure is not None:
         lines.append(f"\n![value x risk]({figure.name})\n")
     lines.append("\n## Significant associations per value\n\n" + markdown_table(associations(found, method, alpha)))
-    columns = ["value", "benchmark", "category", "n", f"{method}_r", f"{method}_q", f"{method}_ci_low",
-               f"{method}_ci_high"]
+    columns = [*(["group"] if "group" in found else []), "value", "benchmark", "category", "n", f"{method}_r",
+               f"{method}_q", f"{method}_ci_low", f"{method}_ci_high"]
     strongest = found.sort_values(f"{method}_q").head(20)[columns] if len(found) else found
     lines.append("\n## Strongest correlations\n\n" + markdown_table(strongest))
     lines += [f"\n## {title}\n\n" + markdown_table(frame) for title, frame in sections.items()]
@@ -107,13 +113,14 @@ SUMMARY_METRICS = (("rtp", "expected_max_toxicity"), ("rtp", "toxicity_probabili
                    ("pvq40", "nmse"))
 
 
-def model_type_table(table: pd.DataFrame, strategy: str = BASELINE_STRATEGY) -> pd.DataFrame:
-    """Per model type (runs without mitigation): mean and standard deviation over runs of the study's summary
-    metrics, and the number of runs behind each."""
+def model_type_table(table: pd.DataFrame, strategy: str = BASELINE_STRATEGY, by: tuple[str, ...] = ()) -> pd.DataFrame:
+    """Per model type (runs without mitigation; and `by` group): mean and standard deviation over runs of the
+    study's summary metrics, and the number of runs behind each."""
     overall = table[(table.category == OVERALL) & (table.prompt_strategy == strategy)]
     rows = []
-    for model_type, group in overall.groupby("model_type", sort=True):
-        row = {"model_type": model_type, "runs": group.run.nunique()}
+    keys = [*by, "model_type"]
+    for key, group in overall.groupby(keys, sort=True):
+        row = {**dict(zip(keys, key if isinstance(key, tuple) else (key,))), "runs": group.run.nunique()}
         for benchmark, metric in SUMMARY_METRICS:
             values = group[(group.benchmark == benchmark) & (group.metric == metric)]["value"]
             if len(values):
@@ -123,13 +130,16 @@ def model_type_table(table: pd.DataFrame, strategy: str = BASELINE_STRATEGY) -> 
     return pd.DataFrame(rows)
 
 
-def model_type_tests(scores: pd.DataFrame, aligned: str = "vim", strategy: str = BASELINE_STRATEGY) -> pd.DataFrame:
-    """The value-aligned type against every other type, per benchmark, on per-prompt scores (see stats)."""
+def model_type_tests(scores: pd.DataFrame, aligned: str = "vim", strategy: str = BASELINE_STRATEGY,
+                     by: tuple[str, ...] = ()) -> pd.DataFrame:
+    """The value-aligned type against every other type, per benchmark (and `by` group), on per-prompt scores
+    (see stats)."""
     from valharm.analysis.stats import paired_prompt_test
 
     scores = scores[scores.prompt_strategy == strategy]
-    rows = [{"benchmark": benchmark, "aligned": aligned, "other": other,
+    keys = [*by, "benchmark"]
+    rows = [{**dict(zip(keys, key if isinstance(key, tuple) else (key,))), "aligned": aligned, "other": other,
              **paired_prompt_test(group, aligned, other)}
-            for benchmark, group in scores.groupby("benchmark", sort=True)
+            for key, group in scores.groupby(keys, sort=True)
             for other in sorted(set(group.model_type) - {aligned})]
     return pd.DataFrame(rows)

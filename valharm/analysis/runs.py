@@ -4,7 +4,10 @@ Overall numbers have category "all"; per-category numbers (HEx-PHI, BeaverTails 
 HolisticBiasR axes) have the category's name. Missing categories and non-numeric fields give no row.
 Each row carries what identifies its run: model, aligner, model type, prompt strategy, the scorers
 that produced its numbers, the run's ten target value scores (`value/<Name>`) and, for VIM runs, the
-alignment check's weighted shift (`alignment_shift`).
+alignment check's weighted shift (`alignment_shift`); and per benchmark its `instrument` (base model, the
+scorer or judge that produced the numbers, shipped sample or real data: numbers of different instruments are
+not comparable) and its `duplicate_key` (same generating model, prompt strategy, benchmark settings and
+scorer: two runs with one key are one measurement counted twice).
 """
 from __future__ import annotations
 
@@ -14,6 +17,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from valharm.caching import digest
 from valharm.errors import ValharmError
 from valharm.tracking import is_number
 from valharm.values import VALUES
@@ -49,6 +53,24 @@ def numbers(metrics: dict) -> list[tuple[str, str]]:
     return rows
 
 
+def identities(results: dict) -> dict[str, dict]:
+    """Per benchmark: its instrument (model · scorer or reading · data) and its duplicate key (see module doc)."""
+    found = {}
+    config = results.get("config") or {}
+    for benchmark in results.get("metrics") or {}:
+        info = (results.get("benchmarks") or {}).get(benchmark) or {}
+        scorer = info.get("scorer") or f"{benchmark} scoring={info.get('scoring')}"
+        data = "shipped sample" if info.get("shipped_sample") else "real data"
+        namespace = (results.get("generation_cache") or {}).get("namespace")
+        same = {"generator": namespace, "system_prompt": results.get("system_prompt"),
+                "strategy": results.get("prompt_strategy_detail"), "scorer": scorer,
+                "benchmark": (config.get("benchmarks") or {}).get(benchmark),
+                "value": (results.get("value") or {}).get("scores")}
+        found[benchmark] = {"instrument": f"{results.get('model')} · {scorer} · {data}",
+                            "duplicate_key": digest(same) if namespace else None}
+    return found
+
+
 def run_row(results: dict, run: str) -> dict:
     scores = results["value"]["scores"]
     check = results.get("alignment_check") or {}
@@ -79,11 +101,31 @@ def tidy_results(runs) -> pd.DataFrame:
             run = run_row(results, name)
         except (KeyError, TypeError) as err:
             raise ValharmError(f"{name} is not a valharm results file (no {err})") from None
+        identity = results.get("identity") or identities(results)
+        finished = (results.get("job") or {}).get("finished") or 0.0
         for benchmark, metrics in results.get("metrics", {}).items():
-            rows += [{**run, "benchmark": benchmark, "category": category, "metric": metric,
+            same = identity.get(benchmark) or {}
+            where = {"instrument": same.get("instrument") or results.get("model"),
+                     "duplicate_key": same.get("duplicate_key") or f"{name}/{benchmark}", "finished": finished}
+            rows += [{**run, "benchmark": benchmark, "category": category, "metric": metric, **where,
                       "value": float(metrics[metric] if category == OVERALL else metrics[category][metric])}
                      for category, metric in numbers(metrics)]
     return pd.DataFrame(rows)
+
+
+def deduplicate(table: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(table with one run per duplicate key and benchmark, the dropped (run, benchmark) pairs and the run kept):
+    the newest finished run is kept."""
+    if table.empty:
+        return table, pd.DataFrame(columns=["run", "benchmark", "kept"])
+    runs = table[["run", "benchmark", "duplicate_key", "finished"]].drop_duplicates(["run", "benchmark"])
+    runs = runs.sort_values(["finished", "run"], ascending=[False, False])
+    kept = runs.drop_duplicates("duplicate_key")
+    newest = dict(zip(kept.duplicate_key, kept.run))
+    dropped = runs.drop(kept.index).assign(kept=lambda f: f.duplicate_key.map(newest))[["run", "benchmark", "kept"]]
+    keep = set(zip(kept.run, kept.benchmark))
+    return (table[[pair in keep for pair in zip(table.run, table.benchmark)]].reset_index(drop=True),
+            dropped.sort_values(["run", "benchmark"]).reset_index(drop=True))
 
 
 def prompt_score(record: dict) -> float | None:
@@ -103,8 +145,10 @@ def prompt_score(record: dict) -> float | None:
 
 
 def prompt_scores(table: pd.DataFrame) -> pd.DataFrame:
-    """Per-prompt risk scores of the runs of a tidy table (from generations.jsonl in each run dir): a row per
-    run x benchmark x prompt; RTP prompts score the highest toxicity of their samples."""
+    """Per-prompt risk scores of the (run, benchmark) pairs of a tidy table (from generations.jsonl in each run
+    dir): a row per run x benchmark x prompt, with its instrument; RTP prompts score the highest toxicity of their
+    samples."""
+    instrument = dict(zip(zip(table.run, table.benchmark), table.instrument))
     rows = []
     for run in table[["run", "model_type", "prompt_strategy"]].drop_duplicates().to_dict("records"):
         generations = Path(run["run"]) / "generations.jsonl"
@@ -113,8 +157,10 @@ def prompt_scores(table: pd.DataFrame) -> pd.DataFrame:
         for line in generations.read_text().splitlines():
             record = json.loads(line)
             score = prompt_score(record)
-            if score is not None:
-                rows.append({**run, "benchmark": record["benchmark"], "prompt": record["id"], "score": float(score)})
-    frame = pd.DataFrame(rows, columns=["run", "model_type", "prompt_strategy", "benchmark", "prompt", "score"])
-    keys = ["run", "model_type", "prompt_strategy", "benchmark", "prompt"]
+            pair = (run["run"], record.get("benchmark"))
+            if score is not None and pair in instrument:
+                rows.append({**run, "benchmark": pair[1], "instrument": instrument[pair], "prompt": record["id"],
+                             "score": float(score)})
+    keys = ["run", "model_type", "prompt_strategy", "benchmark", "instrument", "prompt"]
+    frame = pd.DataFrame(rows, columns=[*keys, "score"])
     return frame.groupby(keys, as_index=False)["score"].max()  # RTP: the max over a prompt's samples

@@ -42,20 +42,21 @@ def bootstrap_interval(x: np.ndarray, y: np.ndarray, method: str, resamples: int
 
 
 def correlations(table: pd.DataFrame, metrics: dict[str, str] | None = None, resamples: int = 999,
-                 confidence: float = 0.95, seed: int = 0) -> tuple[pd.DataFrame, pd.DataFrame]:
+                 confidence: float = 0.95, seed: int = 0, by: tuple[str, ...] = ()) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(correlations, skipped): one row per value x (benchmark, category, metric) with n, r, p, q and CI for
     both methods; `skipped` lists the (benchmark, category, metric) with fewer than 3 runs or no spread.
 
-    `metrics`: the metric analysed per benchmark (default: every metric). q-values control the false
-    discovery rate over all tests of one method.
+    `metrics`: the metric analysed per benchmark (default: every metric); `by`: further columns that split the
+    runs (e.g. the instrument group). q-values control the false discovery rate over all tests of one method.
     """
     rows, skipped = [], []
-    keys = ["benchmark", "category", "metric"]
+    keys = [*by, "benchmark", "category", "metric"]
     chosen = table if metrics is None else table[[metrics.get(b) == m for b, m in zip(table.benchmark, table.metric)]]
-    for (benchmark, category, metric), group in chosen.groupby(keys, sort=True):
+    for key, group in chosen.groupby(keys, sort=True):
+        where = dict(zip(keys, key))
         group = group.dropna(subset=["value"])
         if len(group) < MIN_RUNS or group["value"].nunique() < 2:
-            skipped.append({"benchmark": benchmark, "category": category, "metric": metric, "runs": len(group),
+            skipped.append({**where, "runs": len(group),
                             "why": f"fewer than {MIN_RUNS} runs" if len(group) < MIN_RUNS else "the metric does not vary"})
             continue
         y = group["value"].to_numpy(float)
@@ -63,7 +64,7 @@ def correlations(table: pd.DataFrame, metrics: dict[str, str] | None = None, res
             x = group[f"value/{value}"].to_numpy(float)
             if np.unique(x).size < 2:
                 continue
-            row = {"value": value, "benchmark": benchmark, "category": category, "metric": metric, "n": len(group)}
+            row = {"value": value, **where, "n": len(group)}
             for method, test in (("pearson", stats.pearsonr), ("spearman", stats.spearmanr)):
                 r, p = test(x, y)
                 low, high = bootstrap_interval(x, y, method, resamples, confidence, seed)

@@ -1,8 +1,10 @@
 """Runs from a W&B project (`source=wandb`): the fields valharm's tracker logs, as results dicts.
 
 A run's config holds the value scores (`value/<Name>`); its summary holds every metric as
-`<benchmark>/<metric>` or `<benchmark>/<category>/<metric>` and the run's model, aligner, model type and
-prompt strategy (`run/<field>`). Per-prompt scores are not in W&B, so the model-type tests need local runs.
+`<benchmark>/<metric>` or `<benchmark>/<category>/<metric>`, the run's model, aligner, model type and
+prompt strategy (`run/<field>`), its run dir, end time and per-benchmark identity (instrument, duplicate key).
+Only the newest run of each run dir counts. Per-prompt scores are not in W&B, so the model-type tests need
+local runs.
 """
 from __future__ import annotations
 
@@ -28,6 +30,16 @@ def metrics_from_summary(summary: dict) -> dict:
     return metrics
 
 
+def identity_from_summary(summary: dict) -> dict:
+    """run/identity/<benchmark>/<field> back to {benchmark: {field: ...}}."""
+    found: dict = {}
+    for key, value in summary.items():
+        parts = key.split("/")
+        if len(parts) == 4 and parts[:2] == ["run", "identity"]:
+            found.setdefault(parts[2], {})[parts[3]] = value
+    return found
+
+
 def results_from_run(run) -> dict:
     config, summary = dict(run.config), dict(run.summary)
     missing = [v for v in VALUES if f"value/{v}" not in config]
@@ -36,7 +48,20 @@ def results_from_run(run) -> dict:
     return {"value": {"name": config.get("value/name"), "scores": {v: config[f"value/{v}"] for v in VALUES}},
             **{field: summary.get(f"run/{field}") for field in ("model", "aligner", "model_type", "prompt_strategy")},
             "metrics": metrics_from_summary(summary),
-            "alignment_check": {"weighted_shift": summary.get("alignment_check/weighted_shift")}}
+            "alignment_check": {"weighted_shift": summary.get("alignment_check/weighted_shift")},
+            "identity": identity_from_summary(summary), "run_dir": summary.get("run/run_dir"),
+            "job": {"finished": summary.get("run/finished")}}
+
+
+def latest_per_job(found: list[tuple[str, dict]]) -> list[tuple[str, dict]]:
+    """The newest finished W&B run of each job (run dir): a job run again after a config change leaves its
+    earlier run in the project, which must not be counted."""
+    newest: dict = {}
+    for name, results in found:
+        job = results.get("run_dir") or name
+        if job not in newest or (results["job"].get("finished") or 0) > (newest[job][1]["job"].get("finished") or 0):
+            newest[job] = (name, results)
+    return list(newest.values())
 
 
 def wandb_runs(project: str, entity: str | None = None, group: str | None = None, api=None) -> list[tuple[str, dict]]:
@@ -55,4 +80,4 @@ def wandb_runs(project: str, entity: str | None = None, group: str | None = None
              == "finished"]
     if not found:
         raise ValharmError(f"no finished runs in W&B project {path}" + (f", group {group}" if group else ""))
-    return found
+    return latest_per_job(found)
