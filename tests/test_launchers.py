@@ -112,10 +112,12 @@ def test_ddp_trains_on_two_cpu_processes_and_rank_zero_alone_writes(tmp_path):
                   *QUIET, f"paths.cache_dir={tmp_path}/cache", f"hydra.run.dir={run_dir}", cwd=tmp_path)
     assert out.returncode == 0, out.stderr[-3000:]
     results = json.loads((run_dir / "results.json").read_text())
-    for stage in ("argument_generation", "agreement_prediction"):
+    for stage, examples in (("argument_generation", 39), ("agreement_prediction", 60)):  # 39 arguments, 60 labels
+        written = (run_dir / "stages" / stage / "train_examples.jsonl").read_text().splitlines()
         assert results["training"][stage]["processes"] == 2
-        assert results["training"][stage]["train_examples"] == 39  # split across the two processes
-        assert results["training"][stage]["steps"] == 2 * 3  # 2 epochs x ceil(20 / 8) batches per process
+        assert results["training"][stage]["train_examples"] == len(written) == examples  # split across the processes
+        per_process = -(-examples // 2)
+        assert results["training"][stage]["steps"] == 2 * -(-per_process // 8)  # 2 epochs x batches per process
     assert [p.name for p in tmp_path.rglob("adapter_config.json") if p.parent.name == "adapter"] == ["adapter_config.json"]
     assert len(list(tmp_path.rglob("results.json"))) == 1
     assert len(list((run_dir / "wandb").glob("offline-run-*"))) == 1
