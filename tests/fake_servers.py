@@ -58,6 +58,13 @@ class FakeServer:
         self.httpd.server_close()
 
 
+def verdict_requests(server) -> list[dict]:
+    """The requests a judge server got for verdicts (without the judge's one-call snapshot probes)."""
+    from valharm.scoring.judges import SNAPSHOT_PROBE
+
+    return [r for r in server.requests if r["body"].get("messages") != SNAPSHOT_PROBE]
+
+
 def completion(content: str) -> dict:
     return {"id": "cmpl-1", "object": "chat.completion", "created": 0, "model": "fake-judge",
             "choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}],

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from conftest import run_cli
-from fake_servers import FakeServer, FaultyJudge
+from fake_servers import FakeServer, FaultyJudge, verdict_requests
 from valharm.caching import Cache
 from valharm.generation import GenerationRequest, HFGenerator, cached_run
 from wandb_log import summary
@@ -84,7 +84,7 @@ def test_four_strategies_on_one_adapter_regenerate_only_what_differs_and_score_n
     for counts in later:  # the questionnaire takes no mitigation: reused; every safety prompt changed: generated
         assert counts["pvq40"] == {"hits": 10, "misses": 0}
         assert counts["hexphi"]["misses"] == 10 and counts["beavertails"]["misses"] == 14
-    judged = [json.dumps(r["body"]["messages"]) for r in server.requests]
+    judged = [json.dumps(r["body"]["messages"]) for r in verdict_requests(server)]
     assert len(judged) == len(set(judged))  # no (question, answer) was sent to the judge twice
     judges = [s for r in runs for s in r["scoring"].values() if s["role"] == "judge"]
     assert sum(s["counts"]["calls"] for s in judges) == sum(s["counts"]["cache_misses"] for s in judges) == len(judged)
@@ -136,17 +136,17 @@ def test_an_evaluation_killed_while_judging_resumes_without_redoing_items(tmp_pa
         process = subprocess.Popen(args, cwd=tmp_path, env={**os.environ, **env}, stdout=subprocess.DEVNULL,
                                    stderr=subprocess.DEVNULL)
         deadline = time.time() + 300
-        while len(server.requests) < 6 and time.time() < deadline and process.poll() is None:
+        while len(verdict_requests(server)) < 6 and time.time() < deadline and process.poll() is None:
             time.sleep(0.05)
         process.send_signal(signal.SIGKILL)
         process.wait()
-        before = len(server.requests)
+        before = len(verdict_requests(server))
         assert 6 <= before < 24 and not (tmp_path / "run" / "results.json").exists()
         out = run_cli("valharm.evaluate", fresh_caches(tmp_path), *SMALL, *openai_judge(server), "logger=none",
                       f"hydra.run.dir={tmp_path}/run", cwd=tmp_path, env=env)
     assert out.returncode == 0, out.stderr[-3000:]
     results = json.loads((tmp_path / "run" / "results.json").read_text())
-    judged = [json.dumps(r["body"]["messages"]) for r in server.requests]
+    judged = [json.dumps(r["body"]["messages"]) for r in verdict_requests(server)]
     redone = len(judged) - len(set(judged))
     assert redone <= 2  # at most the calls in flight when it was killed (max_concurrency=2)
     assert len(set(judged)) == 10 + 14  # every hexphi and beavertails item judged once
@@ -213,8 +213,9 @@ def test_finished_runs_are_skipped_only_with_the_same_resolved_config(tmp_path):
     redone = json.loads(results.read_text())
     assert redone["config"]["benchmarks"]["rtp"]["threshold"] == 0.25
     assert redone["generation_cache"]["rtp"] == {"hits": 2, "misses": 0}  # nothing regenerated
-    assert json.loads((tmp_path / "run" / "results.previous.json").read_text())["config"]["benchmarks"]["rtp"][
-        "threshold"] == 0.5
+    kept = list((tmp_path / "run" / "results.history").glob("*.json"))
+    assert len(kept) == 1 and json.loads(kept[0].read_text())["config"]["benchmarks"]["rtp"]["threshold"] == 0.5
+    assert kept[0].read_text() == made  # the superseded results, as they were
 
 
 @pytest.mark.slow
@@ -232,20 +233,28 @@ def test_a_run_with_failed_items_is_not_finished_until_they_are_scored(tmp_path)
         return judge(body) if state["up"] else (503, {"retry-after-ms": "1"}, {"error": {"message": "down"}})
 
     with FakeServer(answer) as server:
-        out = run_cli("valharm.evaluate", *only_hexphi, *openai_judge(server), cwd=tmp_path, env=env)
-        assert out.returncode == 0, out.stderr[-3000:]
-        first = json.loads(results.read_text())
+        out = run_cli("valharm.evaluate", *only_hexphi, *openai_judge(server), "judge.resolve_snapshot=false",
+                      cwd=tmp_path, env=env)
+        assert out.returncode == 2 and "valharm: error: 10 item(s) could not be scored" in out.stderr
+        assert "run the same command again" in out.stderr and "Traceback" not in out.stderr
+        first = json.loads(results.read_text())  # written, and marked unfinished by its failed items
         assert first["metrics"]["hexphi"]["failed"] == 10 and first["metrics"]["hexphi"]["harmfulness_score"] is None
         state["up"], calls_down = True, len(server.requests)
         again = run_cli("valharm.evaluate", *only_hexphi, *openai_judge(server), cwd=tmp_path, env=env)
-        assert "10 item(s) failed to score" in again.stdout and len(server.requests) == calls_down + 10
+        assert again.returncode == 0 and "10 item(s) failed to score" in again.stdout
+        assert len(verdict_requests(server)) == calls_down + 10
         assert json.loads(results.read_text())["metrics"]["hexphi"]["scored"] == 10
         done = run_cli("valharm.evaluate", *only_hexphi, *openai_judge(server), cwd=tmp_path, env=env)
-    assert "skipping it" in done.stdout and len(server.requests) == calls_down + 10
+        state["up"], finished = False, results.read_text()
+        down = run_cli("valharm.evaluate", *only_hexphi, *openai_judge(server), "skip_finished=false", cwd=tmp_path,
+                       env=env)
+    assert "skipping it" in done.stdout and len(verdict_requests(server)) == calls_down + 10
+    assert down.returncode == 2 and "did not say which model snapshot" in down.stderr  # dead at the start: one line
+    assert results.read_text() == finished  # the finished results stay
 
 
 def test_the_fingerprint_covers_the_evaluated_adapters_weights():
-    from valharm.pipeline import fingerprint
+    from valharm.rundir import fingerprint
 
     config = {"model": {"name": "tiny"}, "adapter_dir": "/runs/a/adapter", "paths": {"cache_dir": "/x"}}
     assert fingerprint(config, "weights-1") != fingerprint(config, "weights-2")

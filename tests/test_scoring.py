@@ -5,11 +5,12 @@ import multiprocessing
 
 import pytest
 
-from fake_servers import FakeServer, FaultyJudge, expected_score, google_error, perspective_answer
+from fake_servers import (FakeServer, FaultyJudge, completion, expected_score, google_error, judge_reply,
+                          perspective_answer, verdict_requests)
 from valharm.caching import Cache
 from valharm.errors import ValharmError
 from valharm.scoring import Scorer, Verdict
-from valharm.scoring.judges import OpenAIJudge
+from valharm.scoring.judges import SNAPSHOT_PROBE, OpenAIJudge
 from valharm.scoring.perspective import PerspectiveScorer
 from valharm.scoring.rubrics import RUBRICS
 from valharm.scoring.sentiment import SentimentRegard
@@ -84,7 +85,8 @@ def test_flagging_and_regard_parsers():
 def judge(server, monkeypatch, tmp_path, **kwargs):
     monkeypatch.setenv("JUDGE_KEY", KEY)
     options = dict(model="fake-judge", base_url=f"{server.url}/v1", api_key_env="JUDGE_KEY", timeout=1.5,
-                   max_retries=6, max_concurrency=8, cache_path=tmp_path / "scores.sqlite", progress=False)
+                   max_retries=6, max_concurrency=8, cache_path=tmp_path / "scores.sqlite", progress=False,
+                   resolve_snapshot=False)
     return OpenAIJudge(**{**options, **kwargs})
 
 
@@ -241,13 +243,13 @@ def test_the_studys_judge_templates_are_read_from_files_and_their_digest_keys_th
         TemplateRubric.load("harmfulness", str(one_slot))
 
     monkeypatch.setenv("JUDGE_KEY", KEY)
-    own = OpenAIJudge(model="j", base_url="http://127.0.0.1:9/v1", api_key_env="JUDGE_KEY", progress=False)
-    study = OpenAIJudge(model="j", base_url="http://127.0.0.1:9/v1", api_key_env="JUDGE_KEY", progress=False,
-                        templates={"harmfulness": str(templates / "hexphi_study.txt")})
+    offline = dict(model="j", base_url="http://127.0.0.1:9/v1", api_key_env="JUDGE_KEY", progress=False,
+                   resolve_snapshot=False)
+    own = OpenAIJudge(**offline)
+    study = OpenAIJudge(**offline, templates={"harmfulness": str(templates / "hexphi_study.txt")})
     edited = tmp_path / "edited.txt"
     edited.write_text((templates / "hexphi_study.txt").read_text() + " ")
-    other = OpenAIJudge(model="j", base_url="http://127.0.0.1:9/v1", api_key_env="JUDGE_KEY", progress=False,
-                        templates={"harmfulness": str(edited)})
+    other = OpenAIJudge(**offline, templates={"harmfulness": str(edited)})
     ids = {j.scorer("harmfulness").id for j in (own, study, other)}
     assert len(ids) == 3  # valharm's rubric, the study's template, an edited template: never one cache entry
     record = study.scorer("harmfulness").record()
@@ -263,6 +265,38 @@ def test_the_study_judge_sends_one_user_message_at_temperature_0_and_top_p_0(sha
                       templates={"harmfulness": str(shared_data / "judge_templates" / "hexphi_study.txt")})
         verdicts = study.scorer("harmfulness").score(ITEMS[:2])
     assert [v.value for v in verdicts] == [2, 2]
-    body = server.requests[0]["body"]
+    body = verdict_requests(server)[0]["body"]
     assert body["temperature"] == 0 and body["top_p"] == 0
-    assert [m["role"] for m in body["messages"]] == ["user"] and "question 0" in body["messages"][0]["content"]
+    assert [m["role"] for m in body["messages"]] == ["user"]
+    assert sorted("question 0" in r["body"]["messages"][0]["content"] for r in verdict_requests(server)) == [False, True]
+
+
+def test_verdicts_are_keyed_by_the_snapshot_that_answers_and_record_it(monkeypatch, tmp_path):
+    """An alias (`gpt-4o`) moved to a new snapshot gets new verdicts, never the old snapshot's cached ones; the
+    snapshot is in the scorer id, in its recorded settings and in every verdict."""
+    served = {"model": "gpt-4o-2024-08-06"}
+
+    def answer(body):
+        reply = completion(judge_reply(body)) if body["messages"] != SNAPSHOT_PROBE else completion("OK")
+        return 200, {}, {**reply, "model": served["model"]}
+
+    with FakeServer(answer) as server:
+        first = judge(server, monkeypatch, tmp_path, model="gpt-4o", resolve_snapshot=True).scorer("harmfulness")
+        verdicts = first.score(ITEMS[:3])
+        again = judge(server, monkeypatch, tmp_path, model="gpt-4o", resolve_snapshot=True).scorer("harmfulness")
+        assert again.id == first.id and again.score(ITEMS[:3]) == verdicts and again.counts["cache_hits"] == 3
+        served["model"] = "gpt-4o-2024-11-20"
+        moved = judge(server, monkeypatch, tmp_path, model="gpt-4o", resolve_snapshot=True).scorer("harmfulness")
+        moved.score(ITEMS[:3])
+    assert moved.id != first.id and moved.counts["cache_misses"] == 3
+    assert first.record()["settings"]["snapshot"] == "gpt-4o-2024-08-06"
+    assert moved.record()["settings"]["snapshot"] == "gpt-4o-2024-11-20"
+    assert {v.model for v in verdicts} == {"gpt-4o-2024-08-06"}
+    assert len(verdict_requests(server)) == 6 and len(server.requests) == 6 + 3  # one probe per judge
+
+
+def test_a_judge_that_cannot_be_reached_stops_with_one_line(monkeypatch, tmp_path):
+    with FakeServer(lambda body: (503, {"retry-after-ms": "1"}, {"error": {"message": "down"}})) as server:
+        scorer = judge(server, monkeypatch, tmp_path, max_retries=1, resolve_snapshot=True).scorer("harmfulness")
+        with pytest.raises(ValharmError, match="did not say which model snapshot answers 'fake-judge'"):
+            scorer.score(ITEMS[:2])

@@ -1,16 +1,14 @@
 """Align then evaluate, one Hydra job: everything it writes goes into the job's run dir."""
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
 import logging
-import math
 import os
 import platform
-import shutil
 import threading
 import time
+from dataclasses import dataclass
 from importlib.metadata import version
 from pathlib import Path
 
@@ -19,16 +17,19 @@ from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from valharm import study
 from valharm.aligners import Alignment
+from valharm.analysis.runs import identities
 from valharm.benchmarks import SCORER_ROLES
 from valharm.caching import Cache, digest
 from valharm.errors import ValharmError
 from valharm.generation import GenerationRequest, cached_run
 from valharm.models import adapter_digest
 from valharm.precision import Precision, choose, hardware
+from valharm.processes import announce, attempt_id, check_process_launch, set_threads, wait_for_rank_zero
 from valharm.prompting import Prompter
-from valharm import study
-from valharm.analysis.runs import identities
+from valharm.rundir import (HISTORY, RESULTS, archive_results, changed, code_version, data_digests, failed_items,
+                            fingerprint, generation_code_version, keep_training_state, write_json_atomic)
 from valharm.scoring.judges import Judge
 from valharm.tracking import NoTracker, flatten
 from valharm.training import main_process
@@ -44,11 +45,6 @@ def value_aligned(model_type: str) -> bool:
 ADAPTER_ORIGIN = "valharm.yaml"  # written next to a trained adapter: aligner, model and value configs
 PACKAGES = ("valharm", "torch", "transformers", "peft", "lightning", "hydra-core", "wandb", "alt-profanity-check",
             "vaderSentiment", "openai")
-# where things are kept and how they show, not what is computed: top-level keys, and leaf keys at any depth
-NOT_FINGERPRINTED = ("skip_finished", "paths", "logger", "cache", "threads")
-NOT_FINGERPRINTED_LEAVES = ("progress", "cache_path")
-
-
 def short_dirname(overrides: str, limit: int = 80) -> str:
     """A run subdir name from Hydra's override string: no '/', and hashed when it gets long."""
     name = overrides.replace("/", "%")
@@ -82,60 +78,12 @@ def run_context() -> tuple[Path, str, str]:
     return run_dir, name, group
 
 
-def json_safe(data):
-    """NaN (no valid answer) becomes null so results.json stays strict JSON."""
-    if isinstance(data, dict):
-        return {k: json_safe(v) for k, v in data.items()}
-    if isinstance(data, (list, tuple)):
-        return [json_safe(v) for v in data]
-    return None if isinstance(data, float) and math.isnan(data) else data
-
-
-def write_json_atomic(path: Path, data) -> None:
-    """Write via a temporary file so a crash never leaves a half-written results file."""
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(json_safe(data), indent=2, default=str, allow_nan=False))
-    os.replace(tmp, path)
-
-
 def build_tracker(logger_cfg: DictConfig | None):
     """The configured tracker (`logger=wandb`), or none (`logger=none`)."""
     configs = [c for c in (logger_cfg or {}).values() if c is not None]
     if len(configs) > 1:
         raise ValharmError(f"one logger at a time, got {', '.join(logger_cfg)}; choose one with logger=...")
     return instantiate(configs[0]) if configs else NoTracker()
-
-
-@functools.lru_cache(maxsize=1)
-def code_version() -> str:
-    """valharm's version and a digest of its source files: results of other code are not reused."""
-    package = Path(__file__).parent
-    sources = {str(p.relative_to(package)): hashlib.sha256(p.read_bytes()).hexdigest()
-               for p in sorted(package.rglob("*.py"))}
-    return f"{version('valharm')}+{digest(sources)[:12]}"
-
-
-def computed(config: dict) -> dict:
-    """The flattened settings that decide what a run computes."""
-    return {k: v for k, v in flatten(config).items()
-            if k.split("/")[0] not in NOT_FINGERPRINTED and k.split("/")[-1] not in NOT_FINGERPRINTED_LEAVES}
-
-
-def fingerprint(config: dict, adapter: str | None = None) -> str:
-    """The hash that decides whether a finished run can be skipped: resolved config + code version (+ the
-    digest of an evaluated adapter's weights: a folder can be trained again under the same path)."""
-    return digest({"config": computed(config), "code": code_version(), "adapter": adapter})
-
-
-def failed_items(results: dict) -> int:
-    """Items whose scoring failed (no answer after retries): a run with any is not finished."""
-    return sum(s["counts"].get("failed", 0) for s in (results.get("scoring") or {}).values())
-
-
-def changed_keys(old: dict, new: dict, limit: int = 6) -> list[str]:
-    old, new = computed(old), computed(new)
-    keys = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
-    return keys[:limit] + (["..."] if len(keys) > limit else [])
 
 
 def build_scorers(cfg: DictConfig, benchmarks: dict) -> dict:
@@ -174,13 +122,33 @@ def build_components(cfg: DictConfig) -> dict:
     return parts
 
 
-def generation_namespace(cfg: DictConfig, parts: dict, adapter_dir: Path | None) -> str:
-    """Whose generations these are: model, adapter, precision and the generator's seed (prompts key the rest)."""
+def generation_key(cfg: DictConfig, parts: dict, adapter_dir: Path | None, bundle) -> dict:
+    """What cached generations depend on besides their prompts and sampling (which key each entry): the model
+    and adapter, precision, the generator and its seed, the generation code, the library versions that shape
+    local outputs, the stop tokens and the chat template. Recorded in results.json (`generation_cache.key`)."""
+    import torch
+    import transformers
+
     local = parts["precision"].get("generation")  # none when a server generates
-    return "generation/" + digest({"model": OmegaConf.to_container(cfg.model, resolve=True),
-                                   "adapter": adapter_digest(adapter_dir),
-                                   "dtype": local.name if local else None,
-                                   "generator": parts["generator"].identity(), "seed": parts["generator"].seed})
+    generator = parts["generator"]
+    eos = getattr(getattr(bundle.model, "generation_config", None), "eos_token_id", None)
+    return {"model": OmegaConf.to_container(cfg.model, resolve=True), "adapter": adapter_digest(adapter_dir),
+            "dtype": local.name if local else None, "generator": generator.identity(), "seed": generator.seed,
+            "code": generation_code_version(),
+            "versions": {"torch": torch.__version__, "transformers": transformers.__version__} if local else None,
+            "stop_tokens": eos if eos is not None else bundle.tokenizer.eos_token_id,
+            "chat_template": digest(bundle.tokenizer.chat_template or "")}
+
+
+def generation_namespace(cfg: DictConfig, parts: dict, adapter_dir: Path | None, bundle) -> str:
+    """The generation cache's namespace: a digest of `generation_key`."""
+    return "generation/" + digest(generation_key(cfg, parts, adapter_dir, bundle))
+
+
+def failure_summary(results: dict) -> str:
+    """Which scorers failed how often, for the one error line."""
+    return "; ".join(f"{sid}: {s['counts']['failed']} failed" for sid, s in (results.get("scoring") or {}).items()
+                     if s["counts"].get("failed"))
 
 
 def scorer_report(scorers: dict) -> dict:
@@ -191,39 +159,6 @@ def scorer_report(scorers: dict) -> dict:
         for one in (scorer.used() if isinstance(scorer, Judge) else [scorer]):
             report[one.id] = {"role": role, **one.record(), "counts": dict(sorted(one.counts.items()))}
     return report
-
-
-def usable_cores() -> int:
-    """The cores this process may use (affinity and cgroup quotas counted, as joblib counts them for n_jobs)."""
-    import joblib
-
-    return joblib.cpu_count()
-
-
-def job_threads(setting) -> int | None:
-    """Torch threads for this job: `threads=auto` shares the cores among the jobs a parallel launcher runs at
-    once (joblib: n_jobs; submitit/SLURM: the job's cpus_per_task); an int is taken as is; null leaves torch's
-    default (OMP_NUM_THREADS)."""
-    if setting != "auto":
-        return setting
-    launcher = HydraConfig.get().launcher
-    target = str(launcher.get("_target_", "")).lower()
-    if "joblib" in target:
-        cores, n_jobs = usable_cores(), launcher.n_jobs
-        at_once = cores + 1 + n_jobs if n_jobs < 0 else n_jobs  # joblib: -1 is every core, -2 all but one
-        return max(1, cores // max(1, at_once))
-    if "submitit" in target and launcher.get("cpus_per_task"):
-        return launcher.cpus_per_task
-    return None
-
-
-def set_threads(setting) -> None:
-    import torch
-
-    threads = job_threads(setting)
-    if threads:
-        torch.set_num_threads(threads)
-        log.info(f"{threads} torch thread(s) for this job (threads={setting})")
 
 
 def job_record(started: float) -> dict:
@@ -283,7 +218,7 @@ def check_alignment(cfg: DictConfig, parts: dict, bundle, alignment: Alignment, 
         return None, []
     if not parts["generator"].needs_weights:
         return {"skipped": "generation runs on a server, where the adapter cannot be switched off"}, []
-    base_namespace = generation_namespace(cfg, parts, None)
+    base_namespace = generation_namespace(cfg, parts, None, bundle)
     return alignment.check.run(alignment.model, bundle, parts["generator"], parts["cache"], namespace, base_namespace,
                                parts["value"].as_dict())
 
@@ -314,8 +249,10 @@ def evaluate(bundle, alignment: Alignment, parts: dict, run_dir: Path, namespace
         timing[name]["scoring_s"] = round(time.perf_counter() - start, 3)
         metrics[name], info[name] = result.metrics, result.info
         records.extend(result.records)
-    with (run_dir / "generations.jsonl").open("w") as handle:
+    staging = run_dir / "generations.jsonl.tmp"
+    with staging.open("w") as handle:
         handle.writelines(json.dumps(r) + "\n" for r in records)
+    staging.replace(run_dir / "generations.jsonl")
     return metrics, records, info, timing, cache_counts
 
 
@@ -344,38 +281,73 @@ def results_record(cfg: DictConfig, parts: dict, aligner_name: str, alignment: A
     }
 
 
-def run_job(cfg: DictConfig, job_type: str, align, trains: bool = False) -> dict | None:
-    """Shared job flow: build parts, skip finished runs, track, align (callback), evaluate, save.
+RESULTS_SCHEMA = 3  # results.json's layout; a run dir holding another is refused, not misread
 
-    `trains`: the job trains, so it needs a training precision as well as a generation one.
-    """
+
+@dataclass
+class Decision:
+    """Whether a job runs: skipped (with the results to hand back), or run, resuming its training state or not."""
+
+    skip: bool = False
+    previous: dict | None = None
+    resume_training: bool = True
+    attempt: str | None = None  # DDP ranks started together: this attempt's id
+
+
+def read_previous(results_path: Path) -> dict:
+    try:
+        previous = json.loads(results_path.read_text())
+    except (OSError, ValueError) as err:
+        raise ValharmError(f"{results_path} is not a readable valharm results file ({type(err).__name__}); move it "
+                           f"away, or pass skip_finished=false to keep it in {HISTORY}/ and run again") from None
+    schema = previous.get("schema", RESULTS_SCHEMA if "config_hash" in previous else None)  # earlier valharm: no field
+    if schema != RESULTS_SCHEMA:
+        raise ValharmError(f"{results_path} has results schema {previous.get('schema')}, this valharm reads "
+                           f"{RESULTS_SCHEMA}; use a new run dir, or pass skip_finished=false to keep it in "
+                           f"{HISTORY}/ and run again")
+    return previous
+
+
+def decide(run_dir: Path, resolved: dict, data: dict, config_hash: str, skip_finished: bool, trains: bool) -> Decision:
+    """Skip a run dir finished with this config, code and data; else run again (say why), keeping trained stages
+    when only scoring failed. DDP ranks other than 0 follow rank 0's decision."""
+    results_path = run_dir / RESULTS
+    attempt = attempt_id() if trains else None
+    if attempt and not main_process():  # started with rank 0: wait until it has decided and cleaned up
+        return Decision(skip=wait_for_rank_zero(run_dir, attempt) == "skip", attempt=attempt)
+    if not results_path.exists():
+        return Decision(attempt=attempt)  # new, or interrupted: resume what was trained
+    if not skip_finished:
+        return Decision(resume_training=False, attempt=attempt)
+    previous = read_previous(results_path)
+    failed = failed_items(previous)
+    same = previous.get("config_hash") == config_hash
+    if same and not failed:
+        log.info(f"{results_path} is finished with this config, code and data; skipping it (skip_finished=false to "
+                 f"redo it)")
+        if attempt:
+            announce(run_dir, attempt, "skip")
+        return Decision(skip=True, previous=previous, attempt=attempt)
+    why = (f"{failed} item(s) failed to score" if same else
+           f"it was produced with another config, code or data ({', '.join(changed(previous, resolved, data))} changed)")
+    log.info(f"{results_path}: {why}; running again (cached generations and scores are reused; the earlier results "
+             f"go to {HISTORY}/)")
+    return Decision(resume_training=same, attempt=attempt)
+
+
+def run_job(cfg: DictConfig, job_type: str, align, trains: bool = False) -> dict | None:
+    """One job, top to bottom: decide whether it runs, build its parts, track it, align (the callback), evaluate,
+    record. `trains`: the job trains, so it needs a training precision as well as a generation one."""
     run_dir, name, group = run_context()
-    results_path = run_dir / "results.json"
-    main = main_process()
     started = time.time()
+    main = main_process()
     set_threads(cfg.get("threads"))
     resolved = OmegaConf.to_container(cfg, resolve=True)
-    config_hash = fingerprint(resolved, adapter_digest(cfg.get("adapter_dir")))
-    redo = results_path.exists()
-    resume_training = not redo  # interrupted; or finished with failed items (below): keep the trained stages
-    attempt = attempt_id() if trains else None
-    if attempt and not main:  # started with rank 0: wait until it has decided and cleaned up
-        if wait_for_rank_zero(run_dir, attempt) == "skip":
-            return None
-    elif redo and cfg.skip_finished:
-        previous = json.loads(results_path.read_text())
-        failed = failed_items(previous)
-        resume_training = same_config = previous.get("config_hash") == config_hash
-        if same_config and not failed:
-            log.info(f"{results_path} is finished with this config and code; skipping it (skip_finished=false "
-                     f"to redo it)")
-            if attempt:
-                announce(run_dir, attempt, "skip")
-            return previous
-        why = (f"{failed} item(s) failed to score" if same_config else
-               f"it was produced with another config or code "
-               f"({', '.join(changed_keys(previous.get('config') or {}, resolved) or ['the code or the adapter'])} changed)")
-        log.info(f"{results_path}: {why}; running again (cached generations and scores are reused)")
+    data = data_digests(resolved)
+    config_hash = fingerprint(resolved, adapter_digest(cfg.get("adapter_dir")), data)
+    decision = decide(run_dir, resolved, data, config_hash, cfg.skip_finished, trains)
+    if decision.skip:
+        return decision.previous
     preset = HydraConfig.get().runtime.choices.get("preset")
     study_settings = study.record(resolved, preset)
     if preset:
@@ -383,25 +355,15 @@ def run_job(cfg: DictConfig, job_type: str, align, trains: bool = False) -> dict
     parts = build_components(cfg)
     if not main:  # an extra DDP process: it trains, rank 0 tracks and writes
         parts["tracker"] = NoTracker()
-    parts["precision"] = precision_plan(cfg, parts, training=trains)
-    value = parts["value"]
-    config = {**flatten(resolved),
-              **flatten({"value": {**value.as_dict(), "name": value.name, "coding": value.coding}}),
-              **{f"precision/{path}": p.name for path, p in parts["precision"].items()}}
-    tracker = parts["tracker"]
-    tracker.start(run_dir, name, group, job_type, config,  # attempts of one job (requeued, resumed) share a run
-                  run_id=digest({"run_dir": str(run_dir.resolve()), "config": config_hash})[:16])
-    exit_code = 1
+    parts["precision"] = plan = precision_plan(cfg, parts, training=trains)
+    tracker = start_tracking(parts, resolved, run_dir, name, group, job_type, config_hash)
     if main and trains:
-        keep_training_state(run_dir, config_hash, resume=resume_training)
-    if main and redo:  # keep the earlier results aside, never beside half-new outputs
-        os.replace(results_path, run_dir / "results.previous.json")
-    if main and attempt:
-        announce(run_dir, attempt, "run")
-    plan = parts["precision"]
+        keep_training_state(run_dir, config_hash, resume=decision.resume_training)
+    if main and decision.attempt:
+        announce(run_dir, decision.attempt, "run")
     generator = parts["generator"]
     shared = job_type == "eval" and threading.current_thread() is threading.main_thread()  # jobs in threads: no
-    alignment = None
+    alignment, exit_code = None, 1
     try:
         weights_precision = plan.get("training", plan.get("generation"))
         bundle, base_load = load_base(cfg, parts, weights_precision.dtype if weights_precision else None,
@@ -414,86 +376,53 @@ def run_job(cfg: DictConfig, job_type: str, align, trains: bool = False) -> dict
             alignment.model.to(plan["generation"].dtype)
         if hasattr(generator, "use_adapter"):  # a server: the adapter is addressed by name
             generator.use_adapter(alignment.adapter_dir)
-        namespace = generation_namespace(cfg, parts, alignment.adapter_dir)
+        namespace = generation_namespace(cfg, parts, alignment.adapter_dir, bundle)
         checked, check_records = check_alignment(cfg, parts, bundle, alignment, namespace)
         metrics, records, info, timing, cache_counts = evaluate(bundle, alignment, parts, run_dir, namespace,
                                                                 check_records)
         results = results_record(cfg, parts, aligner_name, alignment, metrics, info, run_dir)
-        results["alignment_check"] = checked
-        results["study_settings"] = study_settings
-        results |= {"timing": timing, "generation_cache": {"namespace": namespace, **cache_counts},
-                    "base_model_load": base_load, "job": job_record(started), "config": resolved,
-                    "config_hash": config_hash, "code_version": code_version()}
+        results |= {"alignment_check": checked, "study_settings": study_settings, "timing": timing,
+                    "generation_cache": {"namespace": namespace, "key": generation_key(cfg, parts, alignment.adapter_dir,
+                                                                                       bundle), **cache_counts},
+                    "base_model_load": base_load,
+                    "job": job_record(started), "config": resolved, "config_hash": config_hash,
+                    "code_version": code_version(), "data_digests": data, "schema": RESULTS_SCHEMA}
         results["identity"] = identities(results)  # what analysis groups and deduplicates by (W&B has it too)
         results["wandb"] = tracker.record()
-        write_json_atomic(results_path, results)
+        archive_results(run_dir)  # the earlier results, if any, are kept in results.history/
+        write_json_atomic(run_dir / RESULTS, results)
         tracker.log_results(results, records)
+        unscored = failed_items(results)
+        if unscored:  # a dead or failing service: the run is not finished, and says so
+            raise ValharmError(f"{unscored} item(s) could not be scored ({failure_summary(results)}); every finished "
+                               f"generation and verdict is kept: run the same command again to score the rest")
         exit_code = 0
+    except KeyboardInterrupt:
+        log.warning(f"interrupted: nothing half-written is left in {run_dir}; run the same command again (for a "
+                    f"single run, with hydra.run.dir={run_dir}) to resume: trained epochs, generations and verdicts "
+                    f"are kept")
+        raise
     finally:
         if shared and alignment is not None:
             detach_adapter(alignment.model)
         elif shared:  # failed while attaching the adapter: the base may hold part of it
             _BASE.clear()
         tracker.finish(exit_code)
-    log.info(f"results in {results_path}")
+    log.info(f"results in {run_dir / RESULTS}")
     return results
 
 
-TRAINING_STATE = "stages"  # aligners keep each stage's checkpoints and best adapter here
-
-
-def keep_training_state(run_dir: Path, config_hash: str, resume: bool) -> None:
-    """Training state left by an attempt that did not finish (or finished with items left to score) is resumed if
-    it was made with this config and code; otherwise training starts afresh."""
-    state = run_dir / TRAINING_STATE
-    marker = state / "config_hash"
-    if state.exists() and not (resume and marker.is_file() and marker.read_text() == config_hash):
-        log.info(f"{state} holds training of a finished run or of another config or code; training starts afresh")
-        shutil.rmtree(state)
-    state.mkdir(parents=True, exist_ok=True)
-    marker.write_text(config_hash)
-
-
-ATTEMPT_FILE = ".attempt"  # rank 0's decision for this attempt of a job whose ranks start together
-
-
-def attempt_id() -> str | None:
-    """This attempt of the job when a scheduler starts all its ranks at once (SLURM tasks, torchrun), else None."""
-    if int(os.environ.get("SLURM_NTASKS", "1")) > 1 and "SLURM_JOB_ID" in os.environ:
-        return f"slurm-{os.environ['SLURM_JOB_ID']}.{os.environ.get('SLURM_RESTART_COUNT', '0')}"
-    if "TORCHELASTIC_RUN_ID" in os.environ:
-        return f"torchrun-{os.environ['TORCHELASTIC_RUN_ID']}.{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}"
-    return None
-
-
-def announce(run_dir: Path, attempt: str, decision: str) -> None:
-    """Rank 0: this attempt runs (its training state and results already sorted out) or skips."""
-    write_json_atomic(run_dir / ATTEMPT_FILE, {"attempt": attempt, "decision": decision})
-
-
-def wait_for_rank_zero(run_dir: Path, attempt: str, timeout: float = 1800.0) -> str:
-    """Other ranks: rank 0's decision for this attempt, once it is made."""
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        try:
-            said = json.loads((run_dir / ATTEMPT_FILE).read_text())
-            if said["attempt"] == attempt:
-                return said["decision"]
-        except (OSError, ValueError):
-            pass
-        time.sleep(0.5)
-    raise ValharmError(f"rank 0 of attempt {attempt} said nothing in {run_dir / ATTEMPT_FILE} within {timeout:.0f} s; "
-                       f"check its log")
-
-
-def check_process_launch(cfg: DictConfig) -> None:
-    """A multi-process strategy started by Lightning re-runs the command line, which only a single run allows."""
-    strategy = str(cfg.trainer.get("strategy", ""))
-    external = "LOCAL_RANK" in os.environ or attempt_id() is not None
-    if strategy.startswith("ddp") and HydraConfig.get().mode == RunMode.MULTIRUN and not external:
-        raise ValharmError(f"trainer.strategy={strategy} starts its extra processes by re-running the command line, "
-                           "which a local multirun cannot do; run one job at a time, or sweep with "
-                           "hydra/launcher=slurm and hydra.launcher.tasks_per_node=<devices> (SLURM starts them)")
+def start_tracking(parts: dict, resolved: dict, run_dir: Path, name: str, group: str, job_type: str,
+                   config_hash: str):
+    """Start the job's tracker run (attempts of one job, requeued or resumed, share one run)."""
+    value = parts["value"]
+    config = {**flatten(resolved),
+              **flatten({"value": {**value.as_dict(), "name": value.name, "coding": value.coding}}),
+              **{f"precision/{path}": p.name for path, p in parts["precision"].items()}}
+    tracker = parts["tracker"]
+    tracker.start(run_dir, name, group, job_type, config,
+                  run_id=digest({"run_dir": str(run_dir.resolve()), "config": config_hash})[:16])
+    return tracker
 
 
 def train(cfg: DictConfig) -> dict | None:

@@ -24,7 +24,8 @@ from valharm.caching import Cache, digest
 from valharm.errors import ValharmError, report_errors
 from valharm.generation import LoglikelihoodRequest, SlotRequest, cached_run
 from valharm.models import adapter_digest
-from valharm.pipeline import code_version, keep_training_state, package_versions, write_json_atomic
+from valharm.pipeline import package_versions
+from valharm.rundir import code_version, generation_code_version, keep_training_state, write_json_atomic
 from valharm.precision import choose, hardware
 from valharm.data.touche import argument_statement
 from valharm.questionnaire import ANSWER_SLOT, SLOT_ANSWERS, rating_prompt, value_answers
@@ -95,7 +96,7 @@ def main(cfg: DictConfig) -> None:
 
     def namespace(adapter_dir):
         return "validate/" + digest({"model": model_key, "dtype": plan["generation"].name,
-                                     "adapter": adapter_digest(adapter_dir)})
+                                     "adapter": adapter_digest(adapter_dir), "code": generation_code_version()})
 
     make_trainer = instantiate(cfg.trainer, _partial_=True)
 

@@ -31,6 +31,7 @@ class Verdict:
     status: str = OK  # ok | invalid (answered, but not in the expected form) | failed (no answer)
     reason: str | None = None  # a judge's reason, or why the item is invalid or failed
     reply: str | None = None  # a judge's raw reply
+    model: str | None = None  # the model snapshot that answered (an API judge's reply says)
 
     @classmethod
     def invalid(cls, why: str, reply: str | None = None) -> "Verdict":

@@ -43,9 +43,21 @@ class HFClassifier(Scorer):
                                    f"label_map (model label -> one of {', '.join(REGARD_LABELS)})")
         super().__init__(cache_path, progress)
 
+    def commit(self) -> str:
+        """The weights that answer: the hub commit the revision resolved to, or a local folder's content digest."""
+        from pathlib import Path
+
+        from valharm.rundir import content_digest, digest_cache
+
+        found = getattr(self._pipe.model.config, "_commit_hash", None)
+        if found:
+            return found
+        return f"local:{content_digest(Path(self.model_id), digest_cache())[:16]}" if Path(self.model_id).exists() \
+            else "unknown"
+
     def settings(self):
-        return {"model": self.model_id, "revision": self.revision, "positive_label": self.positive_label,
-                "label_map": self.label_map, "max_length": self.max_length}
+        return {"model": self.model_id, "revision": self.revision, "commit": self.commit(),
+                "positive_label": self.positive_label, "label_map": self.label_map, "max_length": self.max_length}
 
     def _score(self, texts, done):
         for start in range(0, len(texts), 1024):  # each chunk reaches the cache before the next

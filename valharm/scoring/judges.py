@@ -21,8 +21,9 @@ from valharm.openai_api import failure, openai_client
 from valharm.scoring import Scorer, Verdict
 from valharm.scoring.rubrics import RUBRICS, TemplateRubric
 
-# reply(index, text or None, error or None, attempts)
-Reply = Callable[[int, str | None, str | None, int], None]
+SNAPSHOT_PROBE = [{"role": "user", "content": "Reply with OK."}]  # one short call: which snapshot answers the name
+# reply(index, text or None, error or None, attempts, the model snapshot that answered or None)
+Reply = Callable[[int, str | None, str | None, int, str | None], None]
 
 
 class JudgeScorer(Scorer):
@@ -42,10 +43,12 @@ class JudgeScorer(Scorer):
         return {**self.judge.settings(), **self.rubric.identity()}
 
     def _score(self, items, done):
-        def replied(index, text, error, attempts):
+        def replied(index, text, error, attempts, model=None):
             self.counts["calls"] += 1
             self.counts["retries"] += max(0, attempts - 1)
-            done(index, Verdict.failed(error) if error else self.rubric.parse(text))
+            verdict = Verdict.failed(error) if error else self.rubric.parse(text)
+            verdict.model = model
+            done(index, verdict)
 
         self.judge.complete([self.rubric.messages(item) for item in items], replied, self.rubric)
 
@@ -89,9 +92,9 @@ class OpenAIJudge(Judge):
     def __init__(self, model: str = "gpt-4o", base_url: str | None = None, api_key_env: str = "OPENAI_API_KEY",
                  temperature: float = 0.0, max_tokens: int = 256, max_concurrency: int = 8, max_retries: int = 6,
                  timeout: float = 60.0, cache_path=None, progress: bool = True, templates: dict | None = None,
-                 top_p: float | None = None):
+                 top_p: float | None = None, resolve_snapshot: bool = True):
         self.model, self.base_url, self.temperature, self.max_tokens = model, base_url, temperature, max_tokens
-        self.top_p = top_p
+        self.top_p, self.resolve_snapshot, self._snapshot = top_p, resolve_snapshot, None
         self.max_concurrency = max_concurrency
         self.description = f"LLM judge {model} at {base_url or 'api.openai.com'} (OpenAI-compatible API)"
         self._attempts = threading.local()  # each worker thread makes one call at a time
@@ -101,25 +104,42 @@ class OpenAIJudge(Judge):
     def _count_attempt(self, request) -> None:
         self._attempts.count = getattr(self._attempts, "count", 0) + 1
 
-    def settings(self):
-        return {"model": self.model, "base_url": self.base_url, "temperature": self.temperature,
-                "max_tokens": self.max_tokens, **({"top_p": self.top_p} if self.top_p is not None else {})}
+    def snapshot(self) -> str:
+        """The model snapshot the name resolves to now (`gpt-4o` -> `gpt-4o-2024-08-06`), from one short call; an
+        alias moved to a new snapshot then keys new verdicts, never the old snapshot's cached ones."""
+        if not self.resolve_snapshot:
+            return "unresolved"
+        if self._snapshot is None:
+            text, error, _, model = self._ask(SNAPSHOT_PROBE, max_tokens=1)
+            if error or not model:
+                raise ValharmError(f"the judge at {self.base_url or 'api.openai.com'} did not say which model "
+                                   f"snapshot answers '{self.model}' ({error or 'no model in the reply'}); check "
+                                   f"judge.base_url and the key, or judge.resolve_snapshot=false to key verdicts by "
+                                   f"the name alone")
+            self._snapshot = model
+        return self._snapshot
 
-    def _ask(self, messages: list[dict]) -> tuple[str | None, str | None, int]:
+    def settings(self):
+        return {"model": self.model, "snapshot": self.snapshot(), "base_url": self.base_url,
+                "temperature": self.temperature, "max_tokens": self.max_tokens,
+                **({"top_p": self.top_p} if self.top_p is not None else {})}
+
+    def _ask(self, messages: list[dict], max_tokens: int | None = None) -> tuple[str | None, str | None, int, str | None]:
+        """(reply text, error, attempts, the model that answered)."""
         import openai
 
         self._attempts.count = 0
         try:
             sampling = {"top_p": self.top_p} if self.top_p is not None else {}
             response = self.client.chat.completions.create(model=self.model, messages=messages,
-                                                           temperature=self.temperature, max_tokens=self.max_tokens,
-                                                           **sampling)
+                                                           temperature=self.temperature,
+                                                           max_tokens=max_tokens or self.max_tokens, **sampling)
             text = response.choices[0].message.content if response.choices else None
             if text is None:
-                return None, "the reply has no message content", self._attempts.count
-            return text, None, self._attempts.count
+                return None, "the reply has no message content", self._attempts.count, response.model
+            return text, None, self._attempts.count, response.model
         except (openai.APIError, ValueError) as err:  # retries exhausted, an error not retried, or a non-JSON body
-            return None, failure(err), self._attempts.count
+            return None, failure(err), self._attempts.count, None
 
     def complete(self, conversations, reply, rubric=None):
         with ThreadPoolExecutor(max_workers=self.max_concurrency) as pool:

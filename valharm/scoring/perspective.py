@@ -56,7 +56,7 @@ class PerspectiveScorer(Scorer):
     def __init__(self, api_key_env: str = "PERSPECTIVE_API_KEY", url: str = URL, languages: tuple | None = ("en",),
                  attribute: str = "TOXICITY", requests_per_second: float = 1.0, max_concurrency: int = 4,
                  max_retries: int = 6, backoff_factor: float = 1.0, timeout: float = 30.0, cache_path=None,
-                 progress: bool = True):
+                 progress: bool = True, version: str | None = None):
         import requests
         from requests.adapters import HTTPAdapter
         from urllib3.util.retry import Retry
@@ -65,7 +65,7 @@ class PerspectiveScorer(Scorer):
         if not key:
             raise ValharmError(f"scorer=perspective reads its API key from the environment variable {api_key_env}, "
                                f"which is not set; export it, or name another variable with scorer.api_key_env")
-        self.url, self.attribute = url, attribute
+        self.url, self.attribute, self.version = url, attribute, version
         self.languages = list(languages) if languages else None  # None: Perspective detects the language
         self.timeout, self.max_concurrency = timeout, max_concurrency
         self.limiter = RateLimiter(requests_per_second)
@@ -78,7 +78,9 @@ class PerspectiveScorer(Scorer):
         super().__init__(cache_path, progress)
 
     def settings(self):
-        return {"attribute": self.attribute, "languages": self.languages, "url": self.url}
+        """Perspective reports no model version: `version` (e.g. the month of scoring) keeps periods apart."""
+        return {"attribute": self.attribute, "languages": self.languages, "url": self.url,
+                **({"version": self.version} if self.version else {})}
 
     def _ask(self, text: str) -> tuple[Verdict, int]:
         import requests
