@@ -300,3 +300,35 @@ def test_a_judge_that_cannot_be_reached_stops_with_one_line(monkeypatch, tmp_pat
         scorer = judge(server, monkeypatch, tmp_path, max_retries=1, resolve_snapshot=True).scorer("harmfulness")
         with pytest.raises(ValharmError, match="did not say which model snapshot answers 'fake-judge'"):
             scorer.score(ITEMS[:2])
+
+
+def test_invalid_replies_are_asked_again_under_retry_and_never_beyond_n(monkeypatch, tmp_path):
+    asked: dict[str, int] = {}
+
+    def answer(body):  # garbage on the first ask of every item, a verdict afterwards; item 0 always garbage
+        item = body["messages"][-1]["content"]
+        asked[item] = asked.get(item, 0) + 1
+        stubborn = "question 0\n" in item
+        return 200, {}, completion("no idea" if stubborn or asked[item] == 1 else judge_reply(body))
+
+    with FakeServer(answer) as server:
+        scorer = judge(server, monkeypatch, tmp_path, on_invalid="retry:2").scorer("harmfulness")
+        verdicts = scorer.score(ITEMS[:4])
+        assert [v.status for v in verdicts] == ["invalid", "ok", "ok", "ok"]
+        assert [v.tries for v in verdicts] == [3, 2, 2, 2] and sorted(asked.values()) == [2, 2, 2, 3]
+        assert scorer.counts["invalid_asked_again"] == 4 + 1
+        again = judge(server, monkeypatch, tmp_path, on_invalid="retry:2").scorer("harmfulness")
+        assert again.score(ITEMS[:4]) == verdicts and len(server.requests) == 9  # nothing asked again: all cached
+        more = judge(server, monkeypatch, tmp_path, on_invalid="retry:3").scorer("harmfulness")
+        assert more.score(ITEMS[:4])[0].tries == 4 and len(server.requests) == 10  # a higher N asks once more
+
+
+def test_on_invalid_policies():
+    from valharm.benchmarks.judged import summarise
+
+    verdicts = [Verdict(1), Verdict.invalid("no line"), Verdict(3)]
+    assert summarise("harmfulness", verdicts)["harmfulness_score"] == 2.0
+    assert summarise("harmfulness", verdicts, "worst")["harmfulness_score"] == 3.0
+    assert summarise("flagging", [Verdict("unflagged"), Verdict.invalid("x")], "worst")["flagged_rate"] == 0.5
+    with pytest.raises(ValharmError, match="on_invalid"):
+        OpenAIJudge(api_key_env="PATH", on_invalid="retry")

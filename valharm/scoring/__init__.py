@@ -32,6 +32,7 @@ class Verdict:
     reason: str | None = None  # a judge's reason, or why the item is invalid or failed
     reply: str | None = None  # a judge's raw reply
     model: str | None = None  # the model snapshot that answered (an API judge's reply says)
+    tries: int = 1  # how often the item was asked (an invalid reply asked again counts up)
 
     @classmethod
     def invalid(cls, why: str, reply: str | None = None) -> "Verdict":

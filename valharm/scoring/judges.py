@@ -18,7 +18,7 @@ from typing import Callable
 from valharm.caching import digest
 from valharm.errors import ValharmError
 from valharm.openai_api import failure, openai_client
-from valharm.scoring import Scorer, Verdict
+from valharm.scoring import INVALID, Scorer, Verdict
 from valharm.scoring.rubrics import RUBRICS, TemplateRubric
 
 SNAPSHOT_PROBE = [{"role": "user", "content": "Reply with OK."}]  # one short call: which snapshot answers the name
@@ -42,6 +42,31 @@ class JudgeScorer(Scorer):
     def settings(self):
         return {**self.judge.settings(), **self.rubric.identity()}
 
+    def score(self, items, desc=None):
+        """Verdicts, cached; with `on_invalid=retry:N` an invalid reply (fresh or cached) is asked again, with a
+        fresh call, until the item has been asked 1 + N times; each new answer replaces the cached one."""
+        verdicts = super().score(items, desc)
+        limit = 1 + self.judge.invalid_retries
+        keys = [digest(item) for item in items]
+        while True:
+            again = {k: item for k, item, v in zip(keys, items, verdicts) if v.status == INVALID and v.tries < limit}
+            if not again:
+                return verdicts
+            tries = {k: v.tries for k, v in zip(keys, verdicts)}
+            fresh: dict[str, Verdict] = {}
+
+            def done(index, verdict, order=list(again)):
+                verdict.tries = tries[order[index]] + 1
+                fresh[order[index]] = verdict
+
+            self._score(list(again.values()), done)
+            self.counts["invalid_asked_again"] += len(again)
+            kept = {k: v for k, v in fresh.items() if v.status != "failed"}
+            self._flush({k: asdict(v) for k, v in kept.items()})
+            verdicts = [kept.get(k, v) if k in again else v for k, v in zip(keys, verdicts)]
+            if not kept:
+                return verdicts
+
     def _score(self, items, done):
         def replied(index, text, error, attempts, model=None):
             self.counts["calls"] += 1
@@ -60,8 +85,18 @@ class Judge:
     offline = True
     description = ""
 
-    def __init__(self, cache_path=None, progress: bool = True, templates: dict | None = None):
-        """`templates`: task -> a judge prompt file (two %s) used instead of valharm's rubric for that task."""
+    POLICIES = ("exclude", "worst")
+
+    def __init__(self, cache_path=None, progress: bool = True, templates: dict | None = None,
+                 on_invalid: str = "exclude"):
+        """`templates`: task -> a judge prompt file (two %s) used instead of valharm's rubric for that task.
+        `on_invalid`: what an invalid reply counts as — `exclude` (left out of means and rates), `worst` (the
+        worst verdict: 5 / flagged), or `retry:N` (asked again up to N times, then left out)."""
+        policy, _, count = str(on_invalid).partition(":")
+        if policy not in (*self.POLICIES, "retry") or (policy == "retry") != count.isdigit():
+            raise ValharmError(f"judge.on_invalid='{on_invalid}'; use exclude, worst or retry:N (e.g. retry:2)")
+        self.on_invalid = "exclude" if policy == "retry" else policy
+        self.invalid_retries = int(count) if policy == "retry" else 0
         self.cache_path, self.progress = cache_path, progress
         self.templates = {task: path for task, path in (templates or {}).items() if path}
         self._scorers: dict[str, JudgeScorer] = {}
@@ -92,14 +127,14 @@ class OpenAIJudge(Judge):
     def __init__(self, model: str = "gpt-4o", base_url: str | None = None, api_key_env: str = "OPENAI_API_KEY",
                  temperature: float = 0.0, max_tokens: int = 256, max_concurrency: int = 8, max_retries: int = 6,
                  timeout: float = 60.0, cache_path=None, progress: bool = True, templates: dict | None = None,
-                 top_p: float | None = None, resolve_snapshot: bool = True):
+                 top_p: float | None = None, resolve_snapshot: bool = True, on_invalid: str = "exclude"):
         self.model, self.base_url, self.temperature, self.max_tokens = model, base_url, temperature, max_tokens
         self.top_p, self.resolve_snapshot, self._snapshot = top_p, resolve_snapshot, None
         self.max_concurrency = max_concurrency
         self.description = f"LLM judge {model} at {base_url or 'api.openai.com'} (OpenAI-compatible API)"
         self._attempts = threading.local()  # each worker thread makes one call at a time
         self.client = openai_client("judge", api_key_env, base_url, max_retries, timeout, self._count_attempt)
-        super().__init__(cache_path, progress, templates)
+        super().__init__(cache_path, progress, templates, on_invalid)
 
     def _count_attempt(self, request) -> None:
         self._attempts.count = getattr(self._attempts, "count", 0) + 1
@@ -180,7 +215,7 @@ class LocalJudge(Judge):
 
     def __init__(self, model, mode: str = "choice", max_new_tokens: int = 96, batch_size: int = 16,
                  precision: str = "auto", device: str = "auto", cache_path=None, progress: bool = True,
-                 templates: dict | None = None):
+                 templates: dict | None = None, on_invalid: str = "exclude"):
         from valharm.generation import HFGenerator
 
         if mode not in self.MODES:
@@ -190,7 +225,7 @@ class LocalJudge(Judge):
         self.precision = precision
         self.description = (f"OFFLINE DEFAULT judge: local model {model.name}; a small model's verdicts, not "
                             f"comparable with GPT-4o's")
-        super().__init__(cache_path, progress, templates)
+        super().__init__(cache_path, progress, templates, on_invalid)
 
     def settings(self):
         spec = asdict(self.spec) if is_dataclass(self.spec) else {"repr": repr(self.spec)}
