@@ -11,10 +11,16 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import math
+import os
 import sqlite3
+import time
 from pathlib import Path
 from typing import Iterable
+
+log = logging.getLogger("valharm")
+CORRUPT = ("malformed", "not a database", "file is encrypted", "database disk image")
 
 
 def digest(data) -> str:
@@ -34,15 +40,38 @@ def has_nan(value) -> bool:
 
 
 class Cache:
-    """A JSON key-value table in SQLite (WAL mode: readers never wait for the single writer)."""
+    """A JSON key-value table in SQLite (WAL mode: readers never wait for the single writer).
+
+    A cache file found corrupt (truncated, overwritten, not SQLite) is moved aside as `<name>.corrupt-<time>`
+    and rebuilt empty, with one warning: what it held is computed again, nothing is read from it.
+    """
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._guarded(self._create)
+
+    def _create(self) -> None:
         with self._connect() as db:
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("CREATE TABLE IF NOT EXISTS entries (namespace TEXT NOT NULL, key TEXT NOT NULL, "
                        "value TEXT NOT NULL, PRIMARY KEY (namespace, key))")
+
+    def _guarded(self, operation, *args):
+        """Run `operation`; if the file turns out corrupt, move it aside, rebuild it and run it again."""
+        try:
+            return operation(*args)
+        except sqlite3.DatabaseError as err:
+            if not any(sign in str(err).lower() for sign in CORRUPT):
+                raise
+            aside = self.path.with_name(f"{self.path.name}.corrupt-{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}")
+            for suffix in ("", "-wal", "-shm"):
+                with contextlib.suppress(FileNotFoundError):  # another process may have moved it first
+                    os.replace(f"{self.path}{suffix}", f"{aside}{suffix}")
+            log.warning(f"cache {self.path} was corrupt ({err}); moved to {aside} and rebuilt: its entries are "
+                        f"computed again")
+            self._create()
+            return operation(*args)
 
     @contextlib.contextmanager
     def _connect(self):
@@ -52,7 +81,10 @@ class Cache:
 
     def get(self, namespace: str, keys: Iterable[str]) -> dict[str, object]:
         """The stored values of those `keys` that are present."""
-        keys, found = list(dict.fromkeys(keys)), {}
+        return self._guarded(self._get, namespace, list(dict.fromkeys(keys)))
+
+    def _get(self, namespace: str, keys: list[str]) -> dict[str, object]:
+        found = {}
         with self._connect() as db:
             for start in range(0, len(keys), 500):
                 chunk = keys[start:start + 500]
@@ -69,9 +101,23 @@ class Cache:
         if bad:
             raise ValueError(f"refusing to cache {len(bad)} missing/NaN value(s) under {namespace}")
         rows = [(namespace, key, json.dumps(value, allow_nan=False)) for key, value in values.items()]
+        self._guarded(self._put, rows)
+
+    def _put(self, rows: list[tuple]) -> None:
         with self._connect() as db:
             db.executemany("INSERT OR REPLACE INTO entries VALUES (?, ?, ?)", rows)
 
+    def count_all(self) -> int:
+        """Entries of every namespace."""
+        def count():
+            with self._connect() as db:
+                return db.execute("SELECT COUNT(*) FROM entries").fetchone()[0]
+
+        return self._guarded(count)
+
     def count(self, namespace: str) -> int:
-        with self._connect() as db:
-            return db.execute("SELECT COUNT(*) FROM entries WHERE namespace = ?", [namespace]).fetchone()[0]
+        def count():
+            with self._connect() as db:
+                return db.execute("SELECT COUNT(*) FROM entries WHERE namespace = ?", [namespace]).fetchone()[0]
+
+        return self._guarded(count)

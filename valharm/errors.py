@@ -19,12 +19,15 @@ def user_error(err: BaseException) -> ValharmError | None:
 
 
 def report_errors(func):
-    """Print a ValharmError as one line on stderr and exit 2 instead of a traceback."""
+    """Print a ValharmError as one line on stderr and exit 2 instead of a traceback; Ctrl-C exits 130 without one
+    (the job has said how to resume)."""
 
     @functools.wraps(func)
     def wrapper(*args, **kwargs):
         try:
             return func(*args, **kwargs)
+        except KeyboardInterrupt:
+            sys.exit(130)
         except Exception as err:
             found = user_error(err)
             if found is None:

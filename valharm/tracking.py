@@ -1,8 +1,11 @@
 """Experiment tracking: one W&B run per job (offline by default), or none."""
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
+
+log = logging.getLogger("valharm")
 
 
 def is_number(value) -> bool:
@@ -54,28 +57,70 @@ class NoTracker:
 
 
 class WandbTracker(NoTracker):
-    """A W&B run in `mode` (offline needs no login; `online` syncs to the cloud)."""
+    """A W&B run in `mode` (offline needs no login; `online` syncs to the cloud).
+
+    W&B failing — at the start, while training logs, or at the end — never stops the job or loses its
+    results.json: the job goes on untracked, with one warning that says how to log it later.
+    """
 
     def __init__(self, project: str = "valharm", mode: str = "offline", entity: str | None = None,
                  group: str | None = None, tags: list[str] | None = None, table_rows: int = 50):
         self.project, self.mode, self.entity, self.group = project, mode, entity, group
         self.tags, self.table_rows = list(tags or []), table_rows
+        self.run_dir, self.error = None, None
+
+    def failed(self, when: str, err: Exception) -> None:
+        """Go on without W&B, saying once how to get the run into W&B later."""
+        if self.error is None:
+            where = f"{self.run_dir}/wandb" if self.run_dir else "the run dir's wandb/ folder"
+            log.warning(f"W&B failed {when} ({type(err).__name__}: {err}); the job goes on without it and writes "
+                        f"results.json as always; log it later with `wandb sync {where}/offline-run-*` (or run the "
+                        f"job again with logger=wandb: finished jobs are skipped, so rerun it into a new run dir)")
+        self.error = f"{when}: {type(err).__name__}"
+        self.run = None
 
     def start(self, run_dir, name, group, job_type, config, run_id=None):
         """`run_id`: the same for every attempt of one job, so a requeued job continues its W&B run."""
         import wandb
 
+        self.run_dir = run_dir
         os.environ.setdefault("WANDB_SILENT", "true")
-        self.run = wandb.init(project=self.project, entity=self.entity, mode=self.mode, dir=str(run_dir),
-                              name=name, group=self.group or group, job_type=job_type, tags=self.tags,
-                              config=config, reinit="finish_previous", id=run_id, resume="allow" if run_id else None)
+        try:
+            self.run = wandb.init(project=self.project, entity=self.entity, mode=self.mode, dir=str(run_dir),
+                                  name=name, group=self.group or group, job_type=job_type, tags=self.tags,
+                                  config=config, reinit="finish_previous", id=run_id,
+                                  resume="allow" if run_id else None)
+        except Exception as err:  # noqa: BLE001 - any W&B failure: the job goes on untracked
+            self.failed("at the start", err)
 
     def lightning_logger(self, stage):
+        if self.run is None:
+            return False
         from lightning.pytorch.loggers import WandbLogger
 
-        return WandbLogger(experiment=self.run, prefix=stage)
+        tracker = self
+
+        class GuardedLogger(WandbLogger):
+            """Training metrics to W&B, unless W&B fails: then training goes on without it."""
+
+            def log_metrics(self, metrics, step=None):
+                if tracker.run is not None:
+                    try:
+                        super().log_metrics(metrics, step)
+                    except Exception as err:  # noqa: BLE001
+                        tracker.failed("while training logged", err)
+
+        return GuardedLogger(experiment=self.run, prefix=stage)
 
     def log_results(self, results, records):
+        if self.run is None:
+            return
+        try:
+            self._log_results(results, records)
+        except Exception as err:  # noqa: BLE001
+            self.failed("while logging the results", err)
+
+    def _log_results(self, results, records):
         import wandb
 
         counts = {f"scoring/{s['task']}/{key}": n for s in (results.get("scoring") or {}).values()
@@ -94,10 +139,15 @@ class WandbTracker(NoTracker):
             self.run.log({"generations": wandb.Table(columns=columns, data=rows)})
 
     def record(self):
+        if self.run is None:
+            return {"project": self.project, "mode": self.mode, "error": self.error}
         return {"project": self.project, "mode": self.mode, "group": self.run.group, "id": self.run.id,
                 "name": self.run.name, "dir": self.run.dir}
 
     def finish(self, exit_code=0):
         if self.run is not None:
-            self.run.finish(exit_code=exit_code)
+            try:
+                self.run.finish(exit_code=exit_code)
+            except Exception as err:  # noqa: BLE001
+                self.failed("at the end", err)
             self.run = None
