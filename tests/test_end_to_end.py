@@ -82,7 +82,7 @@ def test_rerun_skips_finished_jobs(sweep):
     first = run_dirs(sweep)[0]
     before = (first / "results.json").read_text()
     out = run_cli("valharm.train", f"hydra.run.dir={first}", *FAST, "value=power", "logger=none", cwd=sweep)
-    assert out.returncode == 0 and "is finished with this config and code; skipping it" in out.stdout
+    assert out.returncode == 0 and "is finished with this config, code and data; skipping it" in out.stdout
     assert (first / "results.json").read_text() == before
 
 

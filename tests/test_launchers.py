@@ -70,7 +70,7 @@ def test_submitit_jobs_run_as_processes_and_a_killed_one_resumes(shared_data, tm
     second = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
     logs = [(job_dir(sweep, n) / "train.log").read_text() for n in (0, 1)]
-    assert "is finished with this config and code; skipping it" in logs[0]
+    assert "is finished with this config, code and data; skipping it" in logs[0]
     assert f"{interrupted}: resuming from" in logs[1]
     after = results_of(sweep)
     assert after["0"] == power  # the finished job was not redone

@@ -1,8 +1,10 @@
 """Nothing stale, nothing lost: corrupt caches, failing services, interrupted jobs, concurrent writers."""
+import contextlib
 import json
 import logging
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -96,3 +98,117 @@ def test_ctrl_c_leaves_nothing_half_written_and_says_how_to_resume(tmp_path, sha
     again = run_cli(*args[2:], cwd=ROOT)
     assert again.returncode == 0, again.stderr[-2000:]
     assert json.loads((tmp_path / "run" / "results.json").read_text())["generation_cache"]["rtp"]["hits"] >= 3
+
+
+def sweep_args(tmp_path, server, name: str, splits: dict) -> list[str]:
+    """A tiny sweep: VIM and ICL on power, PVQ-40 and HEx-PHI judged by a local judge server, W&B offline."""
+    return [sys.executable, "-m", "valharm.train", "-m", "aligner=vim,icl", "value=power", "model=tiny",
+            f"dataset.splits={{train: {splits['train']}, valid: {splits['valid']}, test: {splits['test']}}}",
+            "trainer.enable_progress_bar=false", "generation.progress=false", "~benchmark@benchmarks.rtp",
+            "~benchmark@benchmarks.holisticbiasr", "~benchmark@benchmarks.beavertails", "benchmarks.hexphi.per_category=2",
+            "judge=openai", f"judge.base_url={server.url}/v1", "judge.model=fake-judge", "judge.max_concurrency=2",
+            "judge.timeout=5", "logger=wandb", f"paths.cache_dir={tmp_path}/{name}/cache",
+            f"hydra.sweep.dir={tmp_path}/{name}/sweep"]
+
+
+def counted_cache(path):
+    """A cache file whose every insert is also logged (an SQLite trigger): items stored twice can be counted."""
+    import sqlite3
+
+    Cache(path)
+    with sqlite3.connect(path) as db:
+        db.execute("CREATE TABLE inserts (namespace TEXT, key TEXT)")
+        db.execute("CREATE TRIGGER logged AFTER INSERT ON entries BEGIN "
+                   "INSERT INTO inserts VALUES (new.namespace, new.key); END")
+
+
+def stored_twice(path) -> int:
+    import sqlite3
+
+    with sqlite3.connect(path) as db:
+        return db.execute("SELECT COUNT(*) - COUNT(DISTINCT namespace || key) FROM inserts").fetchone()[0]
+
+
+def outcome(sweep) -> dict:
+    found = {}
+    for path in sorted(sweep.glob("*/results.json")):
+        results = json.loads(path.read_text())
+        check = results.get("alignment_check") or {}
+        found[results["aligner"]] = {"metrics": results["metrics"], "shift": check.get("shift"),
+                                     "training": {s: results["training"][s]["best_val_loss"]
+                                                  for s in ("argument_generation", "agreement_prediction")
+                                                  if s in results["training"]}}
+    return found
+
+
+@pytest.mark.slow
+def test_a_sweep_killed_at_random_moments_twenty_times_ends_as_an_uninterrupted_one(tmp_path, shared_data):
+    """SIGKILL during training, generation, judging and result writing / W&B logging, rerunning the same command
+    each time: the final results equal an uninterrupted run's, and nothing finished is done twice beyond what was in
+    flight (verdicts: at most max_concurrency per kill; stored generations and verdicts: never; epochs: one per
+    kill)."""
+    import random
+
+    import pandas as pd
+
+    from fake_servers import FakeServer, FaultyJudge, verdict_requests
+
+    splits = {}
+    for split, rows in (("train", 150), ("valid", 40), ("test", 60)):
+        splits[split] = tmp_path / f"{split}.tsv"
+        pd.read_csv(shared_data / f"touche_split_{split}.csv", sep="\t").head(rows).to_csv(splits[split], sep="\t",
+                                                                                            index=False)
+    env = {**os.environ, "OPENAI_API_KEY": "test-key"}
+    with FakeServer(FaultyJudge(), latency=0.05) as server:
+        reference = subprocess.run(sweep_args(tmp_path, server, "reference", splits), cwd=ROOT, env=env,
+                                   capture_output=True, text=True, timeout=900)
+        assert reference.returncode == 0, reference.stderr[-3000:]
+    expected = outcome(tmp_path / "reference" / "sweep")
+
+    crash = tmp_path / "crash"
+    (crash / "cache").mkdir(parents=True)
+    for name in ("generations", "scores"):
+        counted_cache(crash / "cache" / f"{name}.sqlite")
+    rng, kills, phases = random.Random(7), 0, []
+    with FakeServer(FaultyJudge(), latency=0.05) as server:
+        def progress():
+            logs = "".join(p.read_text() for p in (crash / "sweep").glob("*/train.log"))
+            with contextlib.closing(sqlite3.connect(crash / "cache" / "generations.sqlite")) as db:
+                stored = db.execute("SELECT COUNT(*) FROM entries").fetchone()[0]
+            return {"epoch": logs.count(" starts"), "generation": stored, "judging": len(verdict_requests(server)),
+                    "results": len(list((crash / "sweep").glob("*/results.json")))}
+
+        triggers = ["time", "epoch", "epoch", "generation", "judging", "results"]
+        attempt = 0
+        while kills < 20:
+            trigger = triggers[attempt % len(triggers)]
+            attempt += 1
+            before, started = progress(), time.time()
+            wait = rng.uniform(2.0, 12.0)
+            process = subprocess.Popen(sweep_args(tmp_path, server, "crash", splits), cwd=ROOT, env=env,
+                                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+            while process.poll() is None and time.time() - started < 300:
+                now = progress()
+                if (trigger == "time" and time.time() - started > wait) or (
+                        trigger != "time" and now[trigger] > before[trigger]):
+                    time.sleep(rng.uniform(0.0, 0.4 if trigger != "epoch" else 2.0))
+                    if process.poll() is None:
+                        os.killpg(process.pid, signal.SIGKILL)
+                        kills += 1
+                        phases.append(trigger)
+                    break
+                time.sleep(0.05)
+            process.wait()
+            assert attempt < 200, "the sweep never got far enough to be killed 20 times"
+        final = subprocess.run(sweep_args(tmp_path, server, "crash", splits), cwd=ROOT, env=env, capture_output=True,
+                               text=True, timeout=900)
+        assert final.returncode == 0, final.stderr[-3000:]
+        asked = [json.dumps(r["body"]["messages"]) for r in verdict_requests(server)]
+    assert kills >= 20 and {"epoch", "generation", "judging", "results"} <= set(phases), phases
+    assert outcome(crash / "sweep") == expected
+    assert len(asked) - len(set(asked)) <= 2 * kills  # in flight: at most max_concurrency verdicts per kill
+    assert stored_twice(crash / "cache" / "generations.sqlite") == 0
+    assert stored_twice(crash / "cache" / "scores.sqlite") == 0
+    logs = "".join(p.read_text() for p in (crash / "sweep").glob("*/train.log"))
+    starts = [line.split("] - ", 1)[1] for line in logs.splitlines() if line.endswith(" starts")]
+    assert len(starts) - len(set(starts)) <= kills  # an epoch is begun again only if a kill cut it short

@@ -138,10 +138,10 @@ class LoRACausalLM(L.LightningModule):
     """Trains the LoRA parameters of a PEFT model with AdamW and a linear schedule."""
 
     def __init__(self, model: torch.nn.Module, lr: float = 2e-5, weight_decay: float = 0.0, warmup_steps: int = 0,
-                 seed: int = 0):
+                 seed: int = 0, stage: str = "train"):
         super().__init__()
         self.model = model
-        self.lr, self.weight_decay, self.warmup_steps, self.seed = lr, weight_decay, warmup_steps, seed
+        self.lr, self.weight_decay, self.warmup_steps, self.seed, self.stage = lr, weight_decay, warmup_steps, seed, stage
         self.strict_loading = False  # checkpoints hold the LoRA weights only (see on_save_checkpoint)
 
     def trained_keys(self) -> set[str]:
@@ -157,6 +157,9 @@ class LoRACausalLM(L.LightningModule):
         if missing:
             raise ValharmError(f"the checkpoint to resume from lacks {len(missing)} LoRA weight(s) of this model "
                                f"(e.g. {min(missing)}); it belongs to another model or adapter: delete it to start afresh")
+
+    def on_train_epoch_start(self):
+        log.info(f"{self.stage}: epoch {self.current_epoch + 1} of {self.trainer.max_epochs} starts")
 
     def on_train_batch_start(self, batch, batch_idx):
         """Dropout draws from (seed, epoch), so a resumed epoch draws what an uninterrupted one would (seeded at
@@ -251,18 +254,16 @@ def fit_adapter(peft_model, data: SupervisedDataModule, out_dir: Path, make_trai
         reload_adapter(peft_model, out_dir)
         log.info(f"{stage}: finished by an earlier attempt; its best adapter is reloaded, not trained again")
         return {**json.loads((out_dir / STAGE_DONE).read_text()), "resumed": "finished"}
-    last = out_dir / LAST_CHECKPOINT
-    resume = str(last) if last.is_file() else None
+    resume, epochs_before = readable_checkpoint(out_dir / LAST_CHECKPOINT, stage)
     L.seed_everything(seed, workers=True, verbose=False)
     checkpoint = BestAdapterCheckpoint(out_dir)
-    latest = L.pytorch.callbacks.ModelCheckpoint(dirpath=out_dir, filename=last.stem, save_top_k=1,  # no monitor:
+    latest = L.pytorch.callbacks.ModelCheckpoint(dirpath=out_dir, filename=Path(LAST_CHECKPOINT).stem, save_top_k=1,
                                                  enable_version_counter=False)  # the latest epoch, overwritten
     trainer = make_trainer(stage=stage, callbacks=[checkpoint, latest], default_root_dir=str(out_dir),
                            max_epochs=epochs, accumulate_grad_batches=accumulate)
-    module = LoRACausalLM(peft_model, lr=lr, seed=seed)
+    module = LoRACausalLM(peft_model, lr=lr, seed=seed, stage=stage)
     peft_model.train()
     start = time.perf_counter()
-    epochs_before = torch.load(resume, map_location="cpu", weights_only=False)["epoch"] + 1 if resume else 0
     if resume:
         log.info(f"{stage}: resuming from {resume} after epoch {epochs_before} (an earlier attempt was interrupted)")
     trainer.fit(module, datamodule=data, ckpt_path=resume)
@@ -286,6 +287,20 @@ def fit_adapter(peft_model, data: SupervisedDataModule, out_dir: Path, make_trai
         os.replace(tmp, out_dir / STAGE_DONE)
     trainer.strategy.barrier("stage_done")
     return metrics
+
+
+def readable_checkpoint(last: Path, stage: str) -> tuple[str | None, int]:
+    """(the checkpoint to resume from, epochs it holds); one that cannot be read (cut off by a kill while it was
+    written) is moved aside with a warning, and the stage starts afresh."""
+    if not last.is_file():
+        return None, 0
+    try:
+        return str(last), torch.load(last, map_location="cpu", weights_only=False)["epoch"] + 1
+    except Exception as err:  # noqa: BLE001 - truncated or foreign: not resumable
+        aside = last.with_name(f"{last.name}.unreadable-{int(time.time())}")
+        os.replace(last, aside)
+        log.warning(f"{stage}: {last} cannot be read ({type(err).__name__}); moved to {aside}, the stage starts afresh")
+        return None, 0
 
 
 def reload_adapter(peft_model, adapter_dir: Path) -> None:
