@@ -271,4 +271,10 @@ def adapter_digest(adapter_dir: str | os.PathLike | None) -> str | None:
 
 def load_adapter(model: torch.nn.Module, adapter_dir: str | os.PathLike) -> PeftModel:
     """Attach a saved LoRA adapter (PEFT format) to a base model."""
-    return PeftModel.from_pretrained(model, check_adapter_dir(adapter_dir))
+    adapter_dir = check_adapter_dir(adapter_dir)
+    try:
+        return PeftModel.from_pretrained(model, adapter_dir)
+    except (RuntimeError, ValueError, KeyError) as err:
+        raise ValharmError(f"the adapter {adapter_dir} does not fit this base model: it was trained for another base "
+                           f"model ({str(err).splitlines()[-1][:160]}); pass model= the model it was trained on (a "
+                           f"valharm adapter names it in valharm.yaml)") from None

@@ -36,6 +36,13 @@ def load_items(path: str | Path | None) -> pd.DataFrame:
     missing = [c for c in ("item", "value", "text") if c not in items.columns]
     if missing:
         raise ValharmError(f"{path} is missing column(s) {', '.join(missing)}; expected item,value,text")
+    empty = items[["item", "value", "text"]].isna().any(axis=1)
+    if empty.any():
+        raise ValharmError(f"{path}: row {int(empty.idxmax()) + 2} has an empty cell; every item needs item, value "
+                           f"and text")
+    repeated = sorted(set(items["item"][items["item"].duplicated()].astype(str)))
+    if repeated:
+        raise ValharmError(f"{path}: item number(s) {', '.join(repeated)} appear more than once; number each item once")
     unknown = sorted(set(items["value"]) - set(VALUES))
     uncovered = sorted(set(VALUES) - set(items["value"]))
     if unknown or uncovered:
