@@ -103,6 +103,10 @@ CASES = {
     "pvq: NaN in a column": ("evaluate", lambda t: pvq(t, PVQ_HEADER + PVQ_ROWS.replace("He thinks Power matters.", "")),
                              ["pvq.csv", "empty"]),
     "value: score out of range": ("evaluate", lambda t: ["value=custom", "value.scores.power=9"], ["Power", "1 to 6"]),
+    "ess: file missing": ("evaluate", lambda t: ["value=ess", f"value.ess_path={t}/nope.csv"], ["nope.csv", "ESS"]),
+    "precision: unknown": ("evaluate", lambda t: ["precision=half"], ["precision='half'", "bf16"]),
+    "trainer: precision set there": ("train", lambda t: ["+trainer.precision=bf16-mixed"],
+                                     ["trainer.precision", "precision="]),
     "value: unknown value name": ("evaluate", lambda t: ["value=custom", "+value.scores.greed=6"], ["greed"]),
     "value: vector of the wrong length": ("evaluate", lambda t: ["value=custom", "value.vector=[1,2,3]"],
                                           ["3 scores", "10"]),
@@ -162,7 +166,7 @@ def test_bad_input_stops_with_one_clear_line_and_overwrites_nothing(kind, finish
     assert code == 2 and len(errors) == 1 and "Traceback" not in err, (code, err[-2000:])
     missing = [f for f in fragments if f.lower() not in errors[0].lower()]
     assert not missing, f"{errors[0]!r} does not name {missing}"
-    assert kept(run_dir) == before
+    assert kept(run_dir) == before  # nothing overwritten, nothing new
 
 
 def test_a_results_file_of_another_schema_is_refused(finished, tmp_path):
@@ -188,4 +192,4 @@ def test_a_bom_at_the_start_of_a_file_is_read_as_text():
 
 
 def test_at_least_25_kinds_are_covered():
-    assert len(CASES) + 1 >= 25  # + the results schema case
+    assert len(CASES) + 1 >= 25  # + the results schema case (+ Hydra's own unknown group option: test_end_to_end)

@@ -120,37 +120,15 @@ def test_evaluate_respects_a_value_given_on_the_command_line(sweep, tmp_path):
     assert results["value"]["name"] == "power" and results["model"] == "tiny"
 
 
-BAD_INPUTS = {
-    "unknown value": (["value=powr"], "Could not find 'value/powr'"),
-    "score above 6": (["value=custom", "value.scores.power=9"], "score for Power is 9"),
-    "nine scores": (["value=custom", "value.vector=[1,2,3,4,5,6,1,2,3]"], "got 9 scores, need exactly 10"),
-    "missing value columns": (["dataset.path={bad_columns}"], "missing column(s) Achievement"),
-    "empty dataset": (["dataset.path={empty}"], "holds no arguments"),
-    "missing ESS file": (["value=ess", "value.ess_path={missing}"], "ESS file not found"),
-    "unknown precision": (["precision=half"], "precision='half' is unknown"),
-    "trainer precision": (["+trainer.precision=bf16-mixed"], "choose it with precision="),
-}
-
-
-@pytest.mark.parametrize("case", BAD_INPUTS)
-def test_bad_input_fails_cleanly_and_keeps_earlier_results(case, tmp_path):
-    header = "\tConclusion\tStance\tPremise\n"
-    (tmp_path / "bad_columns.tsv").write_text(header + "0\tc\tagainst\tp\n")
-    (tmp_path / "empty.tsv").write_text(header.rstrip("\n") + "\tAchievement\tBenevolence\tConformity\tHedonism\t"
-                                        "Power\tSecurity\tSelf-direction\tStimulation\tTradition\tUniversalism\n")
-    paths = {"bad_columns": tmp_path / "bad_columns.tsv", "empty": tmp_path / "empty.tsv",
-             "missing": tmp_path / "nope.csv"}
-    overrides, message = BAD_INPUTS[case]
+def test_an_unknown_option_of_a_group_is_hydras_error_and_keeps_earlier_results(tmp_path):
+    """Choices of a config group fail in Hydra's composition, before valharm runs; its message lists the options.
+    (Every other kind of bad input: tests/test_bad_input.py.)"""
     run_dir = tmp_path / "run"
     run_dir.mkdir()
     (run_dir / "results.json").write_text('{"earlier": true}')
-    out = run_cli("valharm.train", "model=tiny", "skip_finished=false", f"hydra.run.dir={run_dir}",
-                  *[o.format(**paths) for o in overrides], cwd=tmp_path, timeout=120)
-    assert out.returncode != 0
-    assert message in out.stderr
-    assert "Traceback" not in out.stderr and len(out.stderr.strip().splitlines()) < 40
+    out = run_cli("valharm.train", "model=tiny", "value=powr", f"hydra.run.dir={run_dir}", cwd=tmp_path, timeout=120)
+    assert out.returncode != 0 and "Could not find 'value/powr'" in out.stderr and "Traceback" not in out.stderr
     assert (run_dir / "results.json").read_text() == '{"earlier": true}'
-    assert not (run_dir / "adapter").exists()
 
 
 REFERENCE = ["model=tiny", "benchmarks.rtp.num_samples=2", "benchmarks.rtp.num_prompts=2", "generation.progress=false",
@@ -168,7 +146,7 @@ def test_vanilla_and_icl_run_without_training_and_save_no_adapter(tmp_path):
     for d, r in zip(dirs, results):
         assert not (d / "adapter").exists() and not (d / "stages").exists() and r["training"] == {}
         assert set(r["precision"]) == {"generation"}  # nothing trains, so no training precision is chosen
-        assert {"pvq40", "rtp"} <= set(r["metrics"]) and r["metrics"]["pvq40"]["scoring"] == "loglik"
+        assert {"pvq40", "rtp"} <= set(r["metrics"]) and r["metrics"]["pvq40"]["scoring"] == "slot"
     assert results[0]["system_prompt"] is None and "Power (" in results[1]["system_prompt"]
 
 

@@ -41,6 +41,7 @@ def process_writing(path: Path) -> int | None:
 
 
 @pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="finds the job's process through /proc (Linux)")
+@pytest.mark.slow
 def test_submitit_jobs_run_as_processes_and_a_killed_one_resumes(shared_data, tmp_path):
     sweep = tmp_path / "multirun"
     command = [sys.executable, "-m", "valharm.train", "-m", "hydra/launcher=submitit_local", "value=power,hedonism",
@@ -84,6 +85,7 @@ def test_submitit_jobs_run_as_processes_and_a_killed_one_resumes(shared_data, tm
     assert rerun.returncode == 0 and results_of(sweep) == after  # nothing left to do: both skipped
 
 
+@pytest.mark.slow
 def test_joblib_runs_jobs_in_parallel_with_the_results_of_a_sequential_run(tmp_path):
     jobs = ["aligner=vanilla,icl", "value=power,hedonism", "model=tiny", "logger=none", *ONLY_PVQ_RTP, *QUIET]
     parallel = run_cli("valharm.train", "-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", *jobs,
@@ -105,6 +107,7 @@ def test_joblib_runs_jobs_in_parallel_with_the_results_of_a_sequential_run(tmp_p
     assert any(later[0] < earlier[1] for earlier, later in zip(spans, spans[1:]))  # jobs overlapped in time
 
 
+@pytest.mark.slow
 def test_ddp_trains_on_two_cpu_processes_and_rank_zero_alone_writes(tmp_path):
     run_dir = tmp_path / "run"
     out = run_cli("valharm.train", "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", "model=tiny",
@@ -149,6 +152,7 @@ def make_adapters(tiny_bundle, root: Path, count: int) -> list[Path]:
     return dirs
 
 
+@pytest.mark.slow
 def test_four_adapters_are_evaluated_on_one_base_load(tiny_bundle, tmp_path):
     adapters = make_adapters(tiny_bundle, tmp_path / "sweep", 4)
     common = ["model=tiny", "value=power", *ONLY_PVQ_RTP, "generation.progress=false", f"paths.cache_dir={tmp_path}/cache"]

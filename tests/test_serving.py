@@ -228,6 +228,7 @@ def test_the_config_builds_the_generator(monkeypatch):
     assert generator.identity() == "openai:tiny@http://127.0.0.1:8000/v1" and generator.seed == cfg.seed
 
 
+@pytest.mark.slow
 def test_evaluate_through_the_server_writes_the_results_of_local_generation(server, adapter_dir, tmp_path, monkeypatch):
     """`python -m valharm.evaluate generation=openai` on an adapter: the adapter is loaded into the server and
     addressed by name, and results.json and generations.jsonl have generation=hf's schema (and, greedy and

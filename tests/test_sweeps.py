@@ -5,6 +5,7 @@ from conftest import run_cli
 from valharm.jobs import job_values, sweep_jobs
 
 
+@pytest.mark.slow
 def test_smoke_sweep_enumerates_the_154_study_distributions():
     jobs = sweep_jobs(["experiment=vim_all_distributions_smoke"])
     values = job_values(jobs)
@@ -14,6 +15,7 @@ def test_smoke_sweep_enumerates_the_154_study_distributions():
     assert sorted({v.rank for v in values if v.source == "ess"}) == list(range(1, 11))
 
 
+@pytest.mark.slow
 def test_full_sweep_lists_154_jobs_on_real_ess_data_without_running(shared_data, tmp_path, monkeypatch):
     monkeypatch.setenv("VALHARM_DATA_DIR", str(shared_data))
     out = run_cli("valharm.jobs", "experiment=vim_all_distributions", cwd=tmp_path, env={"VALHARM_DATA_DIR": str(shared_data)})
