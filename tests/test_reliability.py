@@ -212,3 +212,39 @@ def test_a_sweep_killed_at_random_moments_twenty_times_ends_as_an_uninterrupted_
     logs = "".join(p.read_text() for p in (crash / "sweep").glob("*/train.log"))
     starts = [line.split("] - ", 1)[1] for line in logs.splitlines() if line.endswith(" starts")]
     assert len(starts) - len(set(starts)) <= kills  # an epoch is begun again only if a kill cut it short
+
+
+@pytest.mark.slow
+def test_two_sweeps_sharing_the_caches_at_once_lose_and_mix_nothing(tmp_path, shared_data):
+    """A joblib sweep and a submitit_local sweep write the same cache files at the same time, with one job in
+    common: every job's results equal a sequential run's on fresh caches, and the cache files are sound."""
+    common = ["valharm.evaluate", "-m", "model=tiny", "generation.progress=false", "logger=none",
+              "~benchmark@benchmarks.holisticbiasr", "~benchmark@benchmarks.hexphi", "~benchmark@benchmarks.beavertails",
+              f"benchmarks.rtp.path={shared_data / 'real_toxic_prompts.csv'}", "benchmarks.rtp.num_prompts=24",
+              "benchmarks.rtp.num_samples=2", "generation.batch_size=8"]
+    sweeps = {"joblib": ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "prompt_strategy=input_only,safety"],
+              "submitit": ["hydra/launcher=submitit_local", "prompt_strategy=input_only,value"]}
+    running = {name: subprocess.Popen([sys.executable, "-m", *common, *extra, f"paths.cache_dir={tmp_path}/shared",
+                                       f"hydra.sweep.dir={tmp_path}/{name}"], cwd=ROOT, stdout=subprocess.PIPE,
+                                      stderr=subprocess.STDOUT, text=True)
+               for name, extra in sweeps.items()}
+    for name, process in running.items():
+        out, _ = process.communicate(timeout=900)
+        assert process.returncode == 0, out[-3000:]
+    alone = run_cli(*common, "prompt_strategy=input_only,safety,value", f"paths.cache_dir={tmp_path}/fresh",
+                    f"hydra.sweep.dir={tmp_path}/alone", cwd=ROOT, timeout=900)
+    assert alone.returncode == 0, alone.stderr[-3000:]
+
+    def metrics(folder):
+        return {r["prompt_strategy"]: r["metrics"] for r in
+                (json.loads(p.read_text()) for p in sorted(folder.glob("*/results.json")))}
+
+    expected = metrics(tmp_path / "alone")
+    for name in sweeps:
+        for strategy, found in metrics(tmp_path / name).items():
+            assert found == expected[strategy], (name, strategy)
+    for name in ("generations", "scores"):
+        with contextlib.closing(sqlite3.connect(tmp_path / "shared" / f"{name}.sqlite")) as db:
+            assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        shared, fresh = (Cache(tmp_path / folder / f"{name}.sqlite").count_all() for folder in ("shared", "fresh"))
+        assert shared == fresh  # the same entries: nothing lost, nothing extra
