@@ -4,7 +4,7 @@ import torch
 from hydra.utils import instantiate
 
 from valharm.models import add_lora, load_adapter
-from valharm.training import IGNORE_INDEX, Example, SupervisedDataModule, collate, encode, fit_adapter
+from valharm.training import IGNORE_INDEX, Example, SupervisedDataModule, collate, encode, fit_adapter, response_loss
 
 
 def test_loss_is_on_the_response_only(tiny_bundle):
@@ -230,3 +230,37 @@ def test_an_interrupted_stage_resumes_to_the_weights_of_an_uninterrupted_one(tin
         if weight.requires_grad:
             assert torch.allclose(weight, trained[name], atol=1e-6), name
     assert train(tmp_path / "cut")[1]["resumed"] == "finished"  # a finished stage is reloaded, not trained
+
+
+def test_packed_batches_give_the_loss_and_gradients_of_padded_ones(tiny_bundle):
+    """Padding-free batches (examples back to back, positions restarting): the same loss and LoRA gradients as
+    padded batches, on a fixed batch; without restarting positions attention would cross examples."""
+    import torch
+
+    from valharm.aligners.vim import build_examples
+    from valharm.data.touche import load_arguments
+    from valharm.models import add_lora
+    from valharm.training import collate, collate_packed
+    from valharm.values import extreme
+
+    stage1, stage2, _ = build_examples(load_arguments(), extreme("power"), 3, 42)
+    data = SupervisedDataModule(tiny_bundle, stage1[:4] + stage2[:4], stage2[:2], batch_size=8, max_length=256)
+    features = data.train[:8]
+    model = add_lora(tiny_bundle.model, r=4, alpha=8, dropout=0.0, target_modules=["q_proj", "v_proj"])
+    try:
+        results = []
+        for batch in (collate(features, tiny_bundle.tokenizer.pad_token_id), collate_packed(features)):
+            model.zero_grad()
+            loss = response_loss(model, batch)
+            loss.backward()
+            results.append((loss.item(), [p.grad.clone() for p in model.parameters() if p.requires_grad]))
+        (padded, grads), (packed, packed_grads) = results
+        assert packed == pytest.approx(padded, rel=1e-5)
+        assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(grads, packed_grads))
+        crossing = collate_packed(features)
+        crossing["position_ids"] = torch.arange(crossing["input_ids"].shape[1])[None]
+        with torch.no_grad():
+            assert abs(response_loss(model, crossing).item() - padded) > 1e-3
+        assert not data.packing and SupervisedDataModule(tiny_bundle, stage2[:2], stage2[:2], packing=True).packing
+    finally:
+        model.unload()

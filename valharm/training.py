@@ -58,6 +58,16 @@ def encode(bundle: LoadedModel, example: Example, max_length: int) -> dict | Non
             "labels": [IGNORE_INDEX] * len(prompt_ids) + response_ids}
 
 
+def collate_packed(features: Sequence[dict], pad_id: int | None = None) -> dict[str, torch.Tensor]:
+    """The batch's examples back to back in one row, each with positions from 0 and no padding; attention stays
+    within each example (transformers builds the block-diagonal causal mask from the position ids). Every example
+    starts with prompt tokens, which are never labelled, so no target crosses from one example into the next."""
+    ids = [token for f in features for token in f["input_ids"]]
+    labels = [token for f in features for token in f["labels"]]
+    positions = [p for f in features for p in range(len(f["input_ids"]))]
+    return {"input_ids": torch.tensor([ids]), "labels": torch.tensor([labels]), "position_ids": torch.tensor([positions])}
+
+
 def collate(features: Sequence[dict], pad_id: int) -> dict[str, torch.Tensor]:
     """Right-pad a batch; padding is masked out of attention and loss."""
     width = max(len(f["input_ids"]) for f in features)
@@ -88,13 +98,23 @@ class EpochSampler(torch.utils.data.Sampler):
         return iter(LengthGroupedSampler(self.batch_size, lengths=self.lengths, generator=generator))
 
 
+def packs_by_default(model) -> bool:
+    """Packing pays where attention is computed per sequence (FlashAttention's variable-length kernels); with
+    sdpa or eager attention a packed row attends over its whole length under a mask, which costs more than the
+    padding it saves."""
+    implementation = getattr(getattr(model, "config", None), "_attn_implementation", "") or ""
+    return implementation.startswith("flash_attention")
+
+
 class SupervisedDataModule(L.LightningDataModule):
-    """Tokenised train/valid examples for one training stage."""
+    """Tokenised train/valid examples for one training stage, batched padded or packed (`packing`: true, false,
+    or "auto": packed where the model's attention is FlashAttention's)."""
 
     def __init__(self, bundle: LoadedModel, train: Sequence[Example], valid: Sequence[Example],
-                 batch_size: int = 8, max_length: int = 128, seed: int = 42):
+                 batch_size: int = 8, max_length: int = 128, seed: int = 42, packing: bool | str = "auto"):
         super().__init__()
         self.bundle, self.batch_size, self.seed = bundle, batch_size, seed
+        self.packing = packs_by_default(bundle.model) if packing == "auto" else bool(packing)
         self.train = self._encode_all(train, max_length, "train")
         self.valid = self._encode_all(valid, max_length, "valid")
         self.dropped = len(train) + len(valid) - len(self.train) - len(self.valid)
@@ -109,8 +129,9 @@ class SupervisedDataModule(L.LightningDataModule):
         return encoded
 
     def _loader(self, data, sampler):
-        return DataLoader(data, batch_size=self.batch_size, sampler=sampler,
-                          collate_fn=lambda batch: collate(batch, self.bundle.tokenizer.pad_token_id))
+        pad_id = self.bundle.tokenizer.pad_token_id
+        batched = collate_packed if self.packing else collate
+        return DataLoader(data, batch_size=self.batch_size, sampler=sampler, collate_fn=lambda b: batched(b, pad_id))
 
     def train_dataloader(self):
         """Shuffled each epoch (seeded), batched with examples of similar length so little is padded."""
@@ -130,7 +151,8 @@ def response_loss(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     """
     targets = batch["labels"][:, 1:]
     keep = F.pad(targets != IGNORE_INDEX, (0, 1), value=False)
-    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], logits_to_keep=keep).logits
+    inputs = {k: batch[k] for k in ("attention_mask", "position_ids") if k in batch}  # padded or packed
+    logits = model(input_ids=batch["input_ids"], use_cache=False, logits_to_keep=keep, **inputs).logits
     return F.cross_entropy(logits.float(), targets[targets != IGNORE_INDEX])
 
 
@@ -275,7 +297,7 @@ def fit_adapter(peft_model, data: SupervisedDataModule, out_dir: Path, make_trai
     reload_adapter(peft_model, out_dir)
     metrics = {"best_val_loss": checkpoint.best, "best_epoch": checkpoint.best_epoch,
                "train_examples": len(data.train), "valid_examples": len(data.valid), "dropped_examples": data.dropped,
-               "truncated_examples": data.truncated,
+               "truncated_examples": data.truncated, "packed": data.packing,
                "steps": trainer.global_step, "epochs": trainer.current_epoch, "batch_size": data.batch_size,
                "accumulate_grad_batches": accumulate, "precision": str(trainer.precision),
                "seconds": round(seconds, 1), "resumed": "from_checkpoint" if resume else None,

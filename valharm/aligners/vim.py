@@ -143,7 +143,7 @@ class VIMAligner:
         self.max_arguments = max_arguments
         self.lora = dict(lora or {})
         self.training = {"lr": 2e-5, "epochs": 5, "batch_size": 8, "max_length": 128, "max_length_agreement": 256,
-                         **(training or {})}
+                         "packing": "auto", **(training or {})}
         self.alignment_check = dict(alignment_check or {})
 
     def examples(self, splits: dict[str, pd.DataFrame], value: ValueDistribution) -> dict:
@@ -171,7 +171,8 @@ class VIMAligner:
                 for split, examples in (("train", train), ("valid", valid)):
                     write_examples(run_dir / "stages" / stage / EXAMPLES_FILE.format(split=split), examples)
             length = self.training["max_length" if index == 0 else "max_length_agreement"]
-            stages[stage] = SupervisedDataModule(bundle, train, valid, self.training["batch_size"], length, self.seed)
+            stages[stage] = SupervisedDataModule(bundle, train, valid, self.training["batch_size"], length, self.seed,
+                                                 self.training.get("packing", "auto"))
         L.seed_everything(self.seed, verbose=False)  # the adapter's initial weights follow the seed
         model = add_lora(bundle.model, **self.lora)
         for stage, data in stages.items():
