@@ -10,7 +10,7 @@ export WANDB_MODE ?= offline
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: setup demo study-smoke test test-slow bench bench-judge bench-adapters clean
+.PHONY: setup demo study-smoke test test-slow bench bench-judge bench-adapters bench-gpu clean
 
 setup: $(STAMP)
 
@@ -48,6 +48,10 @@ bench-judge: setup
 
 bench-adapters: setup
 	$(BIN)/python bench/bench_adapters.py
+
+# The study at scale on this device: a random model of a named shape (SHAPE=llama2_7b on a GPU; smollm2 on a CPU).
+bench-gpu: setup
+	$(BIN)/python bench/bench_gpu.py --shape $(or $(SHAPE),smollm2)
 
 clean:
 	rm -rf $(VENV) .cache outputs
