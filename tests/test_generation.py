@@ -95,14 +95,33 @@ def sampled(bundle, requests, seed=0, **options):
     return HFGenerator(progress=False, seed=seed, **options).generate(bundle.model, bundle.tokenizer, requests)
 
 
-def test_k_samples_come_from_one_encoding_and_equal_k_copies(tiny_bundle):
-    prompt = Prompter(tiny_bundle, PromptStrategy(), extreme("power")).raw("The weather today is")
+def test_a_samples_draws_do_not_depend_on_what_shares_its_batch(tiny_bundle):
+    """Each sample has its own random stream (seed, request, sample index): alone, in a batch with others, or
+    after an interrupted run resumed with part of the batch cached, a request gets the same samples."""
+    prompter = Prompter(tiny_bundle, PromptStrategy(), extreme("power"))
     settings = {"max_new_tokens": 10, "temperature": 0.9, "top_p": 0.9}
-    once = sampled(tiny_bundle, [GenerationRequest("a", prompt, num_samples=4, **settings)])
-    copies = sampled(tiny_bundle, [GenerationRequest(f"c{i}", prompt, **settings) for i in range(4)])
-    assert len(once) == 1 and len(once[0]) == 4
-    assert once[0] == [texts[0] for texts in copies]
-    assert len(set(once[0])) > 1  # they are samples, not one text four times
+    target = GenerationRequest("a", prompter.raw("The weather today is"), num_samples=4, **settings)
+    others = [GenerationRequest(f"o{i}", prompter.raw(f"Story number {i} begins"), num_samples=4, **settings)
+              for i in range(5)]
+    alone = sampled(tiny_bundle, [target])
+    assert len(alone[0]) == 4 and len(set(alone[0])) > 1  # samples, not one text four times
+    assert sampled(tiny_bundle, [*others[:3], target, *others[3:]])[3] == alone[0]
+    assert sampled(tiny_bundle, [target, *others], batch_size=8)[0] == alone[0]  # other batch sizes too
+
+
+def test_sampling_draws_from_the_nucleus_distribution():
+    """Inverse-transform draws from per-row streams follow the nucleus probabilities (many rows, one step)."""
+    from valharm.generation import next_tokens, nucleus, sample_keys
+
+    logits = torch.tensor([[2.0, 1.0, 0.5, -1.0, -3.0]]).repeat(20000, 1)
+    keys = sample_keys(0, [f"r{i}" for i in range(20000)], 1, "cpu")
+    drawn = next_tokens(logits, temperature=1.0, top_p=0.9, keys=keys, candidates=3)
+    ids, weights = nucleus(logits[:1], 1.0, 0.9, 3)
+    expected = torch.zeros(5).index_add_(0, ids[0], weights[0] / weights[0].sum())
+    observed = torch.bincount(drawn, minlength=5).float() / len(drawn)
+    assert torch.allclose(observed, expected, atol=0.015) and observed[4] == 0
+    full = next_tokens(logits, temperature=1.0, top_p=1.0, keys=keys)
+    assert torch.allclose(torch.bincount(full, minlength=5).float() / len(full), logits[0].softmax(-1), atol=0.015)
 
 
 def test_sampling_is_seeded(tiny_bundle):

@@ -129,15 +129,60 @@ def nucleus(logits: torch.Tensor, temperature: float, top_p: float,
     return ids, weights * (before < top_p * total)
 
 
-def next_tokens(logits: torch.Tensor, temperature: float, top_p: float, generator: torch.Generator | None,
-                candidates: int = 64) -> torch.Tensor:
-    """The next token of every row: argmax when temperature is 0, else a top-p sample."""
+MASK64 = (1 << 64) - 1
+
+
+def _signed(value: int) -> int:
+    """A 64-bit pattern as torch's int64 holds it."""
+    return value - (1 << 64) if value >= 1 << 63 else value
+
+
+GOLDEN, MIX1, MIX2 = (_signed(v) for v in (0x9E3779B97F4A7C15, 0xBF58476D1CE4E5B9, 0x94D049BB133111EB))
+
+
+def _shift_right(x: torch.Tensor, bits: int) -> torch.Tensor:
+    """Logical right shift of int64 bit patterns."""
+    return (x >> bits) & ((1 << (64 - bits)) - 1)
+
+
+def splitmix64(x: torch.Tensor) -> torch.Tensor:
+    """SplitMix64's finaliser on int64 tensors (wrapping arithmetic): a well-mixed 64-bit hash of each element."""
+    z = x + GOLDEN
+    z = (z ^ _shift_right(z, 30)) * MIX1
+    z = (z ^ _shift_right(z, 27)) * MIX2
+    return z ^ _shift_right(z, 31)
+
+
+def sample_keys(seed: int, request_keys: list[str], k: int, device) -> torch.Tensor:
+    """One random stream per sample: from the seed, the request (its prompt and sampling) and the sample's index,
+    so a sample never depends on which other requests share its batch (a resumed run draws what an
+    uninterrupted one would)."""
+    base = [int(digest({"seed": seed, "request": key})[:15], 16) for key in request_keys]
+    keys = torch.tensor(base, dtype=torch.long).repeat_interleave(k) * 64 + torch.arange(k).repeat(len(base))
+    return splitmix64(keys).to(device)
+
+
+def uniforms(keys: torch.Tensor, step: int) -> torch.Tensor:
+    """A uniform number in [0, 1) for each row's stream at decoding `step`."""
+    bits = _shift_right(splitmix64(keys + _signed((step * 0x9E3779B97F4A7C15) & MASK64)), 11)
+    return bits.double().mul(2.0 ** -53).float()
+
+
+def next_tokens(logits: torch.Tensor, temperature: float, top_p: float, keys: torch.Tensor | None = None,
+                step: int = 0, candidates: int = 64) -> torch.Tensor:
+    """The next token of every row: argmax when temperature is 0, else a top-p sample drawn by inverse transform
+    from each row's own random stream (`keys`, see `sample_keys`)."""
     if temperature <= 0:
         return logits.float().argmax(-1)
     if top_p >= 1.0:
-        return torch.multinomial((logits.float() / temperature).softmax(-1), 1, generator=generator).squeeze(-1)
-    ids, weights = nucleus(logits, temperature, top_p, candidates)
-    return ids.gather(-1, torch.multinomial(weights, 1, generator=generator)).squeeze(-1)
+        ids, weights = None, (logits.float() / temperature).softmax(-1)
+    else:
+        ids, weights = nucleus(logits, temperature, top_p, candidates)
+    cumulative = weights.cumsum(-1)
+    threshold = uniforms(keys, step)[:, None] * cumulative[:, -1:]
+    picked = (cumulative <= threshold).sum(-1, keepdim=True).clamp(max=weights.shape[-1] - 1)
+    picked = torch.where(weights.gather(-1, picked) > 0, picked, (weights > 0).int().argmax(-1, keepdim=True))
+    return (picked if ids is None else ids.gather(-1, picked)).squeeze(-1)
 
 
 class PreallocatedLayer(DynamicLayer):
@@ -230,11 +275,9 @@ class HFGenerator:
             per_batch = max(1, self.batch_size // k)
             for start in range(0, len(group), per_batch):
                 batch = group[start:start + per_batch]
-                generator = None
-                if temperature > 0:  # same batch, same samples, whatever ran before
-                    generator = torch.Generator(self.device).manual_seed(self.seed + start)
-                tokens = self._batch(model, [encoded[i] for i in batch], k, max_new, temperature, top_p,
-                                     generator, stop)
+                keys = sample_keys(self.seed, [request_key(requests[i]) for i in batch], k, self.device) \
+                    if temperature > 0 else None
+                tokens = self._batch(model, [encoded[i] for i in batch], k, max_new, temperature, top_p, keys, stop)
                 self.new_tokens += sum(map(len, tokens))
                 texts = tokenizer.batch_decode(tokens, skip_special_tokens=True)
                 for n, i in enumerate(batch):
@@ -317,8 +360,9 @@ class HFGenerator:
                        logits_to_keep=1).logits[:, -1]
         return logits, mask
 
-    def _batch(self, model, rows, k, max_new, temperature, top_p, generator, stop) -> list[list[int]]:
-        """New token ids for k samples of each prompt in `rows`, up to and including a stop token.
+    def _batch(self, model, rows, k, max_new, temperature, top_p, keys, stop) -> list[list[int]]:
+        """New token ids for k samples of each prompt in `rows`, up to and including a stop token (`keys`: each
+        sample's random stream when sampling).
 
         As with `generate`, decoding with skip_special_tokens drops the stop token when it is special.
         """
@@ -332,7 +376,7 @@ class HFGenerator:
         finished = torch.zeros(len(mask), dtype=torch.bool, device=self.device)
         tokens = torch.full((len(mask), max_new), -1, dtype=torch.long)
         for step in range(max_new):
-            token = torch.where(finished, -1, next_tokens(logits, temperature, top_p, generator,
+            token = torch.where(finished, -1, next_tokens(logits, temperature, top_p, keys, step,
                                                           self.top_p_candidates))
             tokens[slots.cpu(), step] = token.cpu()
             finished |= torch.isin(token, stop)
@@ -342,6 +386,7 @@ class HFGenerator:
                 live = (~finished).nonzero().squeeze(-1)
                 cache.batch_select_indices(live)
                 slots, token, mask, position, finished = (t[live] for t in (slots, token, mask, position, finished))
+                keys = keys[live] if keys is not None else None
             mask = torch.cat([mask, mask.new_ones(len(mask), 1)], 1)
             logits = model(input_ids=token.clamp(min=0)[:, None], attention_mask=mask, position_ids=position,
                            cache=cache, use_cache=True).logits[:, -1]
