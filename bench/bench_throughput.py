@@ -37,7 +37,7 @@ from valharm.data.touche import load_arguments  # noqa: E402
 from valharm.generation import GenerationRequest, HFGenerator  # noqa: E402
 from valharm.models import add_lora  # noqa: E402
 from valharm.precision import choose, hardware  # noqa: E402
-from valharm.prompting import PromptStrategy  # noqa: E402
+from valharm.prompting import Prompter, PromptStrategy  # noqa: E402
 from valharm.training import LoRACausalLM, SupervisedDataModule, response_loss  # noqa: E402
 from valharm.values import extreme  # noqa: E402
 
@@ -245,7 +245,7 @@ def main() -> None:
 
     if "generation" not in args.skip:
         folder = data_dir(args.data_dir)
-        pvq = PVQ40(folder / "pvq40.csv" if folder else None)
+        pvq = PVQ40(folder / "pvq40.csv" if folder else None, scoring="generate")
         rtp = RealToxicityPrompts(path=str(folder / "real_toxic_prompts.csv") if folder else None,
                                   num_prompts=args.rtp_prompts, num_samples=10)
         print(f"prompts from {folder or 'valharm shipped samples'}\n")
@@ -254,12 +254,12 @@ def main() -> None:
             stored = spec.load().model.to(device)
             if stored.dtype != generation.dtype:
                 models[stored.dtype] = stored
-        strategy = PromptStrategy()
+        prompter = Prompter(bundle, PromptStrategy(), extreme("power"))
         results = {}
         for name, benchmark in (("greedy", pvq), ("sampling", rtp)):
             if name not in args.workloads.split(","):
                 continue
-            requests = benchmark.requests(bundle, strategy)
+            requests = benchmark.requests(prompter)
             results[name] = bench_generation(name, requests, models, bundle.tokenizer, generation.dtype,
                                              batch_size, args.ablations, args.repeats)
         for name, rows in results.items():

@@ -1,6 +1,7 @@
 """Nothing stale, nothing lost: corrupt caches, failing services, interrupted jobs, concurrent writers."""
 import contextlib
 import json
+from collections import Counter
 import logging
 import os
 import signal
@@ -179,11 +180,12 @@ def test_a_sweep_killed_at_random_moments_twenty_times_ends_as_an_uninterrupted_
                     "results": len(list((crash / "sweep").glob("*/results.json")))}
 
         attempt, needed = 0, {"epoch", "generation", "judging", "results"}
-        while kills < 20 or not needed <= set(phases):  # a third at a random moment, the rest after some work
+        while kills < 20 or not needed <= set(phases):
             attempt += 1
             assert attempt < 150 and len(list((crash / "sweep").glob("*/results.json"))) < 2, \
                 f"the sweep finished after {kills} kills, in phases {phases}"
-            at_random = attempt % 3 == 0
+            # after some work of any kind, or at a random moment; late on, once just after a job wrote its results
+            target = "results" if kills >= 16 and "results" not in phases else ("work", "work", "at random")[attempt % 3]
             steps = {"epoch": rng.randint(1, 2), "generation": rng.randint(1, 3), "judging": rng.randint(3, 15),
                      "results": 1}
             before, started, wait = progress(), time.time(), rng.uniform(1.0, 12.0)
@@ -192,12 +194,14 @@ def test_a_sweep_killed_at_random_moments_twenty_times_ends_as_an_uninterrupted_
             while process.poll() is None and time.time() - started < 300:
                 now = progress()
                 moved = [phase for phase in now if now[phase] - before[phase] >= steps[phase]]
-                if (at_random and time.time() - started > wait) or (moved and not at_random):
+                label = {"work": moved[0] if moved else None, "results": "results" if "results" in moved else None,
+                         "at random": "at random" if time.time() - started > wait else None}[target]
+                if label:
                     time.sleep(rng.uniform(0.0, 0.3))
                     if process.poll() is None:
                         os.killpg(process.pid, signal.SIGKILL)
                         kills += 1
-                        phases.append(moved[0] if moved else "at random")
+                        phases.append(label)
                     break
                 time.sleep(0.05)
             process.wait()
@@ -206,6 +210,7 @@ def test_a_sweep_killed_at_random_moments_twenty_times_ends_as_an_uninterrupted_
         assert final.returncode == 0, final.stderr[-3000:]
         asked = [json.dumps(r["body"]["messages"]) for r in verdict_requests(server)]
     assert kills >= 20, phases
+    print(f"\ncrash harness: {kills} kills in {attempt} attempts, by phase {dict(Counter(phases))}")
     assert outcome(crash / "sweep") == expected
     assert len(asked) - len(set(asked)) <= 2 * kills  # in flight: at most max_concurrency verdicts per kill
     assert stored_twice(crash / "cache" / "generations.sqlite") == 0

@@ -266,3 +266,13 @@ def test_a_fixed_adapter_name_is_not_reused_for_another_adapter(server, monkeypa
     assert openai_generator(server, monkeypatch, adapter_name="mine").use_adapter(adapter_dir) == "mine"
     with pytest.raises(ValharmError, match="serves 'mine' from .*leave it null"):
         openai_generator(server, monkeypatch, adapter_name="mine").use_adapter(other)
+
+
+def test_a_server_that_ignores_n_is_an_error_naming_it(monkeypatch):
+    """Asked for k samples, a server returning fewer would shift RTP scores onto other prompts: refused."""
+    reply = {"id": "c", "object": "text_completion", "created": 0, "model": "m",
+             "choices": [{"index": 0, "text": " one sample only", "logprobs": None, "finish_reason": "length"}]}
+    with FakeServer(lambda body: (200, {}, reply)) as server:
+        generator = openai_generator(server, monkeypatch, model="m")
+        with pytest.raises(ValharmError, match=r"returned 1 completion\(s\) for request rtp/0, asked for n=3"):
+            generator.run(None, None, [GenerationRequest("rtp/0", "The prompt", 8, 0.1, 0.75, 3)])
