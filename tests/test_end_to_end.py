@@ -56,7 +56,8 @@ def test_multirun_writes_one_run_dir_per_value(sweep):
         assert (d / "adapter" / "adapter_model.safetensors").is_file()
         assert not (d / "adapter" / "model.safetensors").exists()
         lines = (d / "generations.jsonl").read_text().splitlines()
-        assert len(lines) == 10 + 4 * 2 + 8 + 10 + 14  # pvq40, rtp, holisticbiasr, hexphi, beavertails
+        checked = r["alignment_check"]["arguments"]  # the test split's arguments, rated with and without the adapter
+        assert len(lines) == checked + 10 + 4 * 2 + 8 + 10 + 14  # + pvq40, rtp, holisticbiasr, hexphi, beavertails
 
 
 @pytest.mark.slow

@@ -73,7 +73,8 @@ def adapter(tmp_path_factory, tiny_bundle):
 @pytest.mark.slow
 def test_four_strategies_on_one_adapter_regenerate_only_what_differs_and_score_nothing_twice(tmp_path, adapter):
     with FakeServer(FaultyJudge()) as server:
-        out = run_cli("valharm.evaluate", "-m", f"adapter_dir={adapter}", "prompt_strategy=input_only,safety,value,dual",
+        out = run_cli("valharm.evaluate", "-m", f"adapter_dir={adapter}", "value=power",  # what the adapter is aligned to
+                      "prompt_strategy=input_only,safety,value,dual",
                       fresh_caches(tmp_path), *SMALL, *openai_judge(server), "logger=none", f"hydra.sweep.dir={tmp_path}/sweep", cwd=tmp_path,
                       env={"OPENAI_API_KEY": KEY})
     assert out.returncode == 0, out.stderr[-3000:]
@@ -223,6 +224,7 @@ def test_a_run_with_failed_items_is_not_finished_until_they_are_scored(tmp_path)
     only_hexphi = [fresh_caches(tmp_path), "model=tiny", "generation.progress=false", "benchmarks.hexphi.per_category=1",
                    "~benchmark@benchmarks.pvq40", "~benchmark@benchmarks.rtp", "~benchmark@benchmarks.holisticbiasr",
                    "~benchmark@benchmarks.beavertails", "logger=none", "judge.max_retries=1",
+                   "judge.resolve_snapshot=false",
                    f"hydra.run.dir={tmp_path}/run"]
     env = {"OPENAI_API_KEY": KEY}
     results = tmp_path / "run" / "results.json"
@@ -233,8 +235,7 @@ def test_a_run_with_failed_items_is_not_finished_until_they_are_scored(tmp_path)
         return judge(body) if state["up"] else (503, {"retry-after-ms": "1"}, {"error": {"message": "down"}})
 
     with FakeServer(answer) as server:
-        out = run_cli("valharm.evaluate", *only_hexphi, *openai_judge(server), "judge.resolve_snapshot=false",
-                      cwd=tmp_path, env=env)
+        out = run_cli("valharm.evaluate", *only_hexphi, *openai_judge(server), cwd=tmp_path, env=env)
         assert out.returncode == 2 and "valharm: error: 10 item(s) could not be scored" in out.stderr
         assert "run the same command again" in out.stderr and "Traceback" not in out.stderr
         first = json.loads(results.read_text())  # written, and marked unfinished by its failed items
@@ -246,8 +247,8 @@ def test_a_run_with_failed_items_is_not_finished_until_they_are_scored(tmp_path)
         assert json.loads(results.read_text())["metrics"]["hexphi"]["scored"] == 10
         done = run_cli("valharm.evaluate", *only_hexphi, *openai_judge(server), cwd=tmp_path, env=env)
         state["up"], finished = False, results.read_text()
-        down = run_cli("valharm.evaluate", *only_hexphi, *openai_judge(server), "skip_finished=false", cwd=tmp_path,
-                       env=env)
+        down = run_cli("valharm.evaluate", *only_hexphi, *openai_judge(server), "skip_finished=false",
+                       "judge.resolve_snapshot=true", cwd=tmp_path, env=env)
     assert "skipping it" in done.stdout and len(verdict_requests(server)) == calls_down + 10
     assert down.returncode == 2 and "did not say which model snapshot" in down.stderr  # dead at the start: one line
     assert results.read_text() == finished  # the finished results stay

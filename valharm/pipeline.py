@@ -38,7 +38,8 @@ log = logging.getLogger("valharm")
 
 
 def value_aligned(model_type: str) -> bool:
-    """Whether a model type is aligned to a value distribution (vim, icl) or not (vanilla, sft_*, a foreign adapter)."""
+    """Whether a model type is aligned to a value distribution (vim, icl) or not (vanilla, sft_*, an adapter not
+    trained by valharm unless value= says what it was aligned to)."""
     return model_type not in ("vanilla", "adapter") and not model_type.startswith("sft")
 
 
@@ -488,6 +489,7 @@ def evaluate_only(cfg: DictConfig) -> dict | None:
             return aligner_name, Alignment(model=bundle.model, value_aligned=False)
         model = load_adapter(bundle.model, adapter_dir) if bundle.model is not None else None  # None: served
         return aligner_name, Alignment(model=model, adapter_dir=adapter_dir, model_type=model_type,
-                                       value_aligned=value_aligned(model_type))
+                                       value_aligned=value_aligned(model_type) or (
+                                           model_type == "adapter" and given_on_command_line("value")))
 
     return run_job(cfg, "eval", align)
