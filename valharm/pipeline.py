@@ -8,7 +8,6 @@ import os
 import platform
 import threading
 import time
-from dataclasses import dataclass
 from importlib.metadata import version
 from pathlib import Path
 
@@ -28,7 +27,7 @@ from valharm.models import adapter_digest
 from valharm.precision import Precision, choose, hardware
 from valharm.processes import announce, attempt_id, check_process_launch, set_threads, wait_for_rank_zero
 from valharm.prompting import Prompter
-from valharm.rundir import (HISTORY, RESULTS, archive_results, changed, code_version, data_digests, failed_items,
+from valharm.rundir import (RESULTS, RESULTS_SCHEMA, Decision, archive_results, code_version, data_digests, decide, failed_items,
                             fingerprint, generation_code_version, keep_training_state, write_json_atomic)
 from valharm.scoring.judges import Judge
 from valharm.tracking import NoTracker, flatten
@@ -282,60 +281,6 @@ def results_record(cfg: DictConfig, parts: dict, aligner_name: str, alignment: A
     }
 
 
-RESULTS_SCHEMA = 3  # results.json's layout; a run dir holding another is refused, not misread
-
-
-@dataclass
-class Decision:
-    """Whether a job runs: skipped (with the results to hand back), or run, resuming its training state or not."""
-
-    skip: bool = False
-    previous: dict | None = None
-    resume_training: bool = True
-    attempt: str | None = None  # DDP ranks started together: this attempt's id
-
-
-def read_previous(results_path: Path) -> dict:
-    try:
-        previous = json.loads(results_path.read_text())
-    except (OSError, ValueError) as err:
-        raise ValharmError(f"{results_path} is not a readable valharm results file ({type(err).__name__}); move it "
-                           f"away, or pass skip_finished=false to keep it in {HISTORY}/ and run again") from None
-    schema = previous.get("schema", RESULTS_SCHEMA if "config_hash" in previous else None)  # earlier valharm: no field
-    if schema != RESULTS_SCHEMA:
-        raise ValharmError(f"{results_path} has results schema {previous.get('schema')}, this valharm reads "
-                           f"{RESULTS_SCHEMA}; use a new run dir, or pass skip_finished=false to keep it in "
-                           f"{HISTORY}/ and run again")
-    return previous
-
-
-def decide(run_dir: Path, resolved: dict, data: dict, config_hash: str, skip_finished: bool, trains: bool) -> Decision:
-    """Skip a run dir finished with this config, code and data; else run again (say why), keeping trained stages
-    when only scoring failed. DDP ranks other than 0 follow rank 0's decision."""
-    results_path = run_dir / RESULTS
-    attempt = attempt_id() if trains else None
-    if attempt and not main_process():  # started with rank 0: wait until it has decided and cleaned up
-        return Decision(skip=wait_for_rank_zero(run_dir, attempt) == "skip", attempt=attempt)
-    if not results_path.exists():
-        return Decision(attempt=attempt)  # new, or interrupted: resume what was trained
-    if not skip_finished:
-        return Decision(resume_training=False, attempt=attempt)
-    previous = read_previous(results_path)
-    failed = failed_items(previous)
-    same = previous.get("config_hash") == config_hash
-    if same and not failed:
-        log.info(f"{results_path} is finished with this config, code and data; skipping it (skip_finished=false to "
-                 f"redo it)")
-        if attempt:
-            announce(run_dir, attempt, "skip")
-        return Decision(skip=True, previous=previous, attempt=attempt)
-    why = (f"{failed} item(s) failed to score" if same else
-           f"it was produced with another config, code or data ({', '.join(changed(previous, resolved, data))} changed)")
-    log.info(f"{results_path}: {why}; running again (cached generations and scores are reused; the earlier results "
-             f"go to {HISTORY}/)")
-    return Decision(resume_training=same, attempt=attempt)
-
-
 def run_job(cfg: DictConfig, job_type: str, align, trains: bool = False) -> dict | None:
     """One job, top to bottom: decide whether it runs, build its parts, track it, align (the callback), evaluate,
     record. `trains`: the job trains, so it needs a training precision as well as a generation one."""
@@ -346,8 +291,16 @@ def run_job(cfg: DictConfig, job_type: str, align, trains: bool = False) -> dict
     resolved = OmegaConf.to_container(cfg, resolve=True)
     data = data_digests(resolved)
     config_hash = fingerprint(resolved, adapter_digest(cfg.get("adapter_dir")), data)
-    decision = decide(run_dir, resolved, data, config_hash, cfg.skip_finished, trains)
+    attempt = attempt_id() if trains else None  # DDP ranks a scheduler started together
+    if attempt and not main:  # wait until rank 0 has decided and cleaned up
+        if wait_for_rank_zero(run_dir, attempt) == "skip":
+            return None
+        decision = Decision()
+    else:
+        decision = decide(run_dir, resolved, data, config_hash, cfg.skip_finished)
     if decision.skip:
+        if attempt:
+            announce(run_dir, attempt, "skip")
         return decision.previous
     preset = HydraConfig.get().runtime.choices.get("preset")
     study_settings = study.record(resolved, preset)
@@ -360,8 +313,8 @@ def run_job(cfg: DictConfig, job_type: str, align, trains: bool = False) -> dict
     tracker = start_tracking(parts, resolved, run_dir, name, group, job_type, config_hash)
     if main and trains:
         keep_training_state(run_dir, config_hash, resume=decision.resume_training)
-    if main and decision.attempt:
-        announce(run_dir, decision.attempt, "run")
+    if main and attempt:
+        announce(run_dir, attempt, "run")
     generator = parts["generator"]
     shared = job_type == "eval" and threading.current_thread() is threading.main_thread()  # jobs in threads: no
     alignment, exit_code = None, 1

@@ -16,10 +16,12 @@ import math
 import os
 import shutil
 import time
+from dataclasses import dataclass
 from importlib.metadata import version
 from pathlib import Path
 
 from valharm.caching import Cache, digest
+from valharm.errors import ValharmError
 from valharm.tracking import flatten
 
 log = logging.getLogger("valharm")
@@ -138,6 +140,54 @@ def changed(previous: dict, config: dict, data: dict, limit: int = 6) -> list[st
     if not keys and previous.get("code_version") != code_version():
         keys = [f"valharm's code or defaults ({previous.get('code_version')} -> {code_version()})"]
     return keys[:limit] + (["..."] if len(keys) > limit else []) or ["the adapter"]
+
+
+RESULTS_SCHEMA = 3  # results.json's layout; a run dir holding another is refused, not misread
+
+
+@dataclass
+class Decision:
+    """Whether a job runs: skipped (with the results to hand back), or run, resuming its training state or not."""
+
+    skip: bool = False
+    previous: dict | None = None
+    resume_training: bool = True
+
+
+def read_previous(results_path: Path) -> dict:
+    try:
+        previous = json.loads(results_path.read_text())
+    except (OSError, ValueError) as err:
+        raise ValharmError(f"{results_path} is not a readable valharm results file ({type(err).__name__}); move it "
+                           f"away, or pass skip_finished=false to keep it in {HISTORY}/ and run again") from None
+    schema = previous.get("schema", RESULTS_SCHEMA if "config_hash" in previous else None)  # earlier valharm: no field
+    if schema != RESULTS_SCHEMA:
+        raise ValharmError(f"{results_path} has results schema {previous.get('schema')}, this valharm reads "
+                           f"{RESULTS_SCHEMA}; use a new run dir, or pass skip_finished=false to keep it in "
+                           f"{HISTORY}/ and run again")
+    return previous
+
+
+def decide(run_dir: Path, config: dict, data: dict, config_hash: str, skip_finished: bool) -> Decision:
+    """Skip a run dir finished with this config, code and data; else run again (saying why), keeping trained
+    stages when only scoring failed."""
+    results_path = run_dir / RESULTS
+    if not results_path.exists():
+        return Decision()  # new, or interrupted: resume what was trained
+    if not skip_finished:
+        return Decision(resume_training=False)
+    previous = read_previous(results_path)
+    failed = failed_items(previous)
+    same = previous.get("config_hash") == config_hash
+    if same and not failed:
+        log.info(f"{results_path} is finished with this config, code and data; skipping it (skip_finished=false to "
+                 f"redo it)")
+        return Decision(skip=True, previous=previous)
+    why = (f"{failed} item(s) failed to score" if same else
+           f"it was produced with another config, code or data ({', '.join(changed(previous, config, data))} changed)")
+    log.info(f"{results_path}: {why}; running again (cached generations and scores are reused; the earlier results "
+             f"go to {HISTORY}/)")
+    return Decision(resume_training=same)
 
 
 def archive_results(run_dir: Path) -> Path | None:
