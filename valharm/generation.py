@@ -6,6 +6,8 @@
 - encode each prompt once for its k samples,
 - drop finished sequences from the batch,
 - sample top-p exactly without sorting the whole vocabulary at every step.
+On a GPU (`decode: auto`) it decodes with a static cache instead, each step replayed as a CUDA graph
+(valharm/static_decoding.py): there, launching kernels, not computing, is what a decode step waits on.
 Greedy decoding gives the same tokens as `model.generate`; sampling draws from the same distribution.
 """
 from __future__ import annotations
@@ -21,6 +23,7 @@ from transformers.cache_utils import Cache, DynamicCache, DynamicLayer
 
 from valharm.caching import Cache as ResultCache, digest
 from valharm.models import encode_prompts
+from valharm.static_decoding import decode_static, supports_static
 
 OnBatch = Callable[[list[int], list], None]
 
@@ -107,7 +110,12 @@ def nucleus(logits: torch.Tensor, temperature: float, top_p: float,
     vocabulary only in `topk`. `candidates=0` ranks the whole vocabulary.
     """
     vocab = logits.shape[-1]
-    top, ids = logits.topk(min(candidates, vocab) if candidates > 0 else vocab, dim=-1)
+    if candidates <= 0:  # the whole vocabulary, sorted: no data-dependent branch (a CUDA graph can hold it)
+        scores, ids = (logits.float() / temperature).sort(dim=-1, descending=True)
+        weights = (scores - scores[:, :1]).exp()
+        before = weights.cumsum(-1) - weights
+        return ids, weights * (before < top_p * weights.sum(-1, keepdim=True))
+    top, ids = logits.topk(min(candidates, vocab), dim=-1)
     scores = top.float() / temperature
     weights = (scores - scores[:, :1]).exp()  # relative to the most likely token
     before = weights.cumsum(-1) - weights  # mass ranked above each candidate
@@ -162,14 +170,16 @@ def sample_keys(seed: int, request_keys: list[str], k: int, device) -> torch.Ten
     return splitmix64(keys).to(device)
 
 
-def uniforms(keys: torch.Tensor, step: int) -> torch.Tensor:
-    """A uniform number in [0, 1) for each row's stream at decoding `step`."""
-    bits = _shift_right(splitmix64(keys + _signed((step * 0x9E3779B97F4A7C15) & MASK64)), 11)
+def uniforms(keys: torch.Tensor, step: int | torch.Tensor) -> torch.Tensor:
+    """A uniform number in [0, 1) for each row's stream at decoding `step` (an int, or a 0-d tensor on the device:
+    int64 products wrap, as the Python int arithmetic does modulo 2**64)."""
+    offset = step * GOLDEN if isinstance(step, torch.Tensor) else _signed((step * 0x9E3779B97F4A7C15) & MASK64)
+    bits = _shift_right(splitmix64(keys + offset), 11)
     return bits.double().mul(2.0 ** -53).float()
 
 
 def next_tokens(logits: torch.Tensor, temperature: float, top_p: float, keys: torch.Tensor | None = None,
-                step: int = 0, candidates: int = 64) -> torch.Tensor:
+                step: int | torch.Tensor = 0, candidates: int = 64) -> torch.Tensor:
     """The next token of every row: argmax when temperature is 0, else a top-p sample drawn by inverse transform
     from each row's own random stream (`keys`, see `sample_keys`)."""
     if temperature <= 0:
@@ -245,11 +255,22 @@ class HFGenerator:
 
     def __init__(self, batch_size: int = 256, seed: int = 0, progress: bool = True, device: str = "auto",
                  share_prefix: bool = True, top_p_candidates: int = 64, compact_fraction: float = 0.25,
-                 preallocate: bool = True):
+                 preallocate: bool = True, decode: str = "auto"):
+        if decode not in ("auto", "dynamic", "static"):
+            raise ValueError(f"generation.decode={decode!r}: choose auto, dynamic or static")
         self.batch_size, self.seed, self.progress = batch_size, seed, progress
         self.device = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
         self.share_prefix, self.top_p_candidates = share_prefix, top_p_candidates
-        self.compact_fraction, self.preallocate = compact_fraction, preallocate
+        self.compact_fraction, self.preallocate, self.decode = compact_fraction, preallocate, decode
+
+    def static_decoding(self, model) -> bool:
+        """Whether to decode with a static cache (CUDA graphs on a GPU): `auto` does on CUDA where the model allows."""
+        if self.decode == "auto":
+            return str(self.device).startswith("cuda") and supports_static(model)
+        if self.decode == "static" and not supports_static(model):
+            raise ValueError("generation.decode=static needs full attention through sdpa or eager attention; "
+                             "use decode=dynamic for this model")
+        return self.decode == "static"
 
     def identity(self) -> str:
         """What outputs depend on besides the model and prompt (the cache namespace): nothing more here."""
@@ -366,6 +387,10 @@ class HFGenerator:
 
         As with `generate`, decoding with skip_special_tokens drops the stop token when it is special.
         """
+        if self.static_decoding(model):
+            ids, real = left_pad([row for row in rows for _ in range(k)], self.device)
+            return decode_static(model, ids, real, max_new, lambda logits, step: next_tokens(
+                logits, temperature, top_p, keys, step, candidates=0), stop, str(self.device).startswith("cuda"))
         cache = new_cache(model, max(map(len, rows)) + max_new, self.preallocate)
         logits, mask = self._prefill(model, rows, cache)
         if k > 1:  # each prompt was encoded once; its k samples share that cache

@@ -190,8 +190,10 @@ class LoRACausalLM(L.LightningModule):
             torch.manual_seed(self.seed + self.current_epoch)
 
     def training_step(self, batch, batch_idx):
+        """The loss goes to the logger every `log_every_n_steps`, not to the progress bar: showing it there reads it
+        back from the device at every step, which stalls a GPU step (measured: bench/bench_gpu.py)."""
         loss = response_loss(self.model, batch)
-        self.log("train_loss", loss, prog_bar=True, batch_size=batch["input_ids"].shape[0])
+        self.log("train_loss", loss, batch_size=batch["input_ids"].shape[0])
         return loss
 
     def validation_step(self, batch, batch_idx):
