@@ -163,3 +163,23 @@ def test_a_step_index_on_the_device_draws_what_an_int_draws():
     keys = sample_keys(3, ["a", "b"], 4, "cpu")
     for step in (0, 1, 63, 10_000):
         assert torch.equal(uniforms(keys, torch.tensor(step)), uniforms(keys, step))
+
+
+def test_static_decoding_is_chosen_only_where_the_model_allows_it():
+    from types import SimpleNamespace
+
+    from transformers import Gemma2Config, LlamaConfig, MistralConfig
+
+    from valharm.errors import ValharmError
+
+    def model(config, attention="sdpa"):
+        config._attn_implementation = attention
+        return SimpleNamespace(config=config)
+
+    llama = model(LlamaConfig())
+    assert HFGenerator(device="cuda").static_decoding(llama)  # auto: static on CUDA
+    assert not HFGenerator(device="cpu").static_decoding(llama)  # auto: the dynamic loop on CPUs
+    for unsuitable in (model(MistralConfig()), model(Gemma2Config()), model(LlamaConfig(), "flash_attention_2")):
+        assert not HFGenerator(device="cuda").static_decoding(unsuitable)
+        with pytest.raises(ValharmError, match="decode=dynamic"):
+            HFGenerator(device="cuda", decode="static").static_decoding(unsuitable)

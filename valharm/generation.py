@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 from transformers.cache_utils import Cache, DynamicCache, DynamicLayer
 
 from valharm.caching import Cache as ResultCache, digest
+from valharm.errors import ValharmError
 from valharm.models import encode_prompts
 from valharm.static_decoding import decode_static, supports_static
 
@@ -257,7 +258,7 @@ class HFGenerator:
                  share_prefix: bool = True, top_p_candidates: int = 64, compact_fraction: float = 0.25,
                  preallocate: bool = True, decode: str = "auto"):
         if decode not in ("auto", "dynamic", "static"):
-            raise ValueError(f"generation.decode={decode!r}: choose auto, dynamic or static")
+            raise ValharmError(f"generation.decode={decode!r} is unknown; use auto, dynamic or static")
         self.batch_size, self.seed, self.progress = batch_size, seed, progress
         self.device = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
         self.share_prefix, self.top_p_candidates = share_prefix, top_p_candidates
@@ -268,8 +269,8 @@ class HFGenerator:
         if self.decode == "auto":
             return str(self.device).startswith("cuda") and supports_static(model)
         if self.decode == "static" and not supports_static(model):
-            raise ValueError("generation.decode=static needs full attention through sdpa or eager attention; "
-                             "use decode=dynamic for this model")
+            raise ValharmError("generation.decode=static needs full attention through sdpa or eager attention; "
+                               "use generation.decode=dynamic for this model")
         return self.decode == "static"
 
     def identity(self) -> str:

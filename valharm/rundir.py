@@ -66,7 +66,7 @@ def code_version() -> str:
             f"{file_tree_digest(configs, CONF)[:4] if configs else ''}")
 
 
-GENERATION_SOURCES = ("generation.py", "serving.py", "models.py")  # the code path generated texts depend on
+GENERATION_SOURCES = ("generation.py", "static_decoding.py", "serving.py", "models.py")  # the code path generated texts depend on
 
 
 @functools.lru_cache(maxsize=1)

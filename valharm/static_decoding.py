@@ -17,9 +17,9 @@ def supports_static(model) -> bool:
     """Full attention through sdpa or eager attention: the model accepts a prepared 4D mask and a static cache."""
     config = model.config
     attention = getattr(config, "_attn_implementation", None) or "eager"
-    windows = getattr(config, "sliding_window", None) or getattr(config, "attention_chunk_size", None)
-    layer_types = set(getattr(config, "layer_types", None) or ["full_attention"])
-    return attention in ("sdpa", "eager") and not windows and layer_types == {"full_attention"}
+    layer_types = getattr(config, "layer_types", None)  # where given, it says which layers use a window
+    full = set(layer_types) == {"full_attention"} if layer_types else not getattr(config, "sliding_window", None)
+    return attention in ("sdpa", "eager") and full and not getattr(config, "attention_chunk_size", None)
 
 
 def additive(allowed: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
