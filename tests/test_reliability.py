@@ -79,18 +79,30 @@ def test_wandb_failing_mid_run_warns_once_and_goes_on(caplog, tmp_path):
     assert tracker.record()["error"] == "while logging the results: ConnectionError"
 
 
+def stored(store) -> int:
+    """Entries in a cache file, read without taking a lock the job writing it could wait on."""
+    if not store.exists():
+        return 0
+    with contextlib.closing(sqlite3.connect(f"file:{store}?mode=ro", uri=True)) as db:
+        try:
+            return db.execute("SELECT COUNT(*) FROM entries").fetchone()[0]
+        except sqlite3.OperationalError:  # not created yet
+            return 0
+
+
 @pytest.mark.slow
 def test_ctrl_c_leaves_nothing_half_written_and_says_how_to_resume(tmp_path, shared_data):
     args = [sys.executable, "-m", "valharm.evaluate", "model=tiny", "generation.progress=false", "logger=none",
             "~benchmark@benchmarks.holisticbiasr", "~benchmark@benchmarks.hexphi", "~benchmark@benchmarks.beavertails",
-            f"benchmarks.rtp.path={shared_data / 'real_toxic_prompts.csv'}", "benchmarks.rtp.num_prompts=60",
+            f"benchmarks.rtp.path={shared_data / 'real_toxic_prompts.csv'}", "benchmarks.rtp.num_prompts=200",
             "benchmarks.rtp.num_samples=4", "generation.batch_size=4", f"paths.cache_dir={tmp_path}/cache",
             f"hydra.run.dir={tmp_path}/run"]
     process = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     store = tmp_path / "cache" / "generations.sqlite"
     deadline = time.time() + 300
-    while time.time() < deadline and (not store.exists() or Cache(store).count_all() < 10 + 3):  # PVQ, then RTP
+    while time.time() < deadline and stored(store) < 10 + 3:  # PVQ, then RTP
         time.sleep(0.1)
+    assert process.poll() is None, "the job ended before it could be interrupted"
     process.send_signal(signal.SIGINT)
     out, err = process.communicate(timeout=120)
     assert process.returncode == 130 and "Traceback" not in err
