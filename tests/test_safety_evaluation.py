@@ -149,7 +149,9 @@ def test_an_evaluation_killed_while_judging_resumes_without_redoing_items(tmp_pa
     results = json.loads((tmp_path / "run" / "results.json").read_text())
     judged = [json.dumps(r["body"]["messages"]) for r in verdict_requests(server)]
     redone = len(judged) - len(set(judged))
-    assert redone <= 2  # at most the calls in flight when it was killed (max_concurrency=2)
+    # at most what was in flight when it was killed: max_concurrency=2 calls awaiting their replies, and as many
+    # replies received but not yet stored (the main thread stores them as they complete)
+    assert redone <= 2 * 2
     assert len(set(judged)) == 10 + 14  # every hexphi and beavertails item judged once
     hexphi = next(s for s in results["scoring"].values() if s["task"] == "harmfulness")
     assert hexphi["counts"]["cache_hits"] >= before - 2 and hexphi["counts"]["cache_hits"] + \
