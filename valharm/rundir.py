@@ -66,7 +66,8 @@ def code_version() -> str:
             f"{file_tree_digest(configs, CONF)[:4] if configs else ''}")
 
 
-GENERATION_SOURCES = ("generation.py", "static_decoding.py", "serving.py", "models.py")  # the code path generated texts depend on
+# the code path generated texts depend on
+GENERATION_SOURCES = ("generation.py", "static_decoding.py", "serving.py", "models.py")
 
 
 @functools.lru_cache(maxsize=1)

@@ -24,7 +24,8 @@ def supports_static(model) -> bool:
 
 def additive(allowed: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """A [batch, 1, query, key] float mask: 0 where attention is allowed, the dtype's minimum elsewhere."""
-    return torch.zeros(allowed.shape, dtype=dtype, device=allowed.device).masked_fill(~allowed, torch.finfo(dtype).min)[:, None]
+    mask = torch.zeros(allowed.shape, dtype=dtype, device=allowed.device)
+    return mask.masked_fill(~allowed, torch.finfo(dtype).min)[:, None]
 
 
 @torch.inference_mode()
