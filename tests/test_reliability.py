@@ -97,7 +97,9 @@ def test_ctrl_c_leaves_nothing_half_written_and_says_how_to_resume(tmp_path, sha
             f"benchmarks.rtp.path={shared_data / 'real_toxic_prompts.csv'}", "benchmarks.rtp.num_prompts=200",
             "benchmarks.rtp.num_samples=4", "generation.batch_size=4", f"paths.cache_dir={tmp_path}/cache",
             f"hydra.run.dir={tmp_path}/run"]
-    process = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # Ctrl-C's default action restored in the job: a shell that starts a command in the background has it ignored
+    process = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     store = tmp_path / "cache" / "generations.sqlite"
     deadline = time.time() + 300
     while time.time() < deadline and stored(store) < 10 + 3:  # PVQ, then RTP
@@ -118,7 +120,7 @@ def sweep_args(tmp_path, server, name: str, splits: dict) -> list[str]:
     return [sys.executable, "-m", "valharm.train", "-m", "aligner=vim,icl", "value=power", "model=tiny",
             f"dataset.splits={{train: {splits['train']}, valid: {splits['valid']}, test: {splits['test']}}}",
             "trainer.enable_progress_bar=false", "generation.progress=false", "~benchmark@benchmarks.rtp",
-            "~benchmark@benchmarks.holisticbiasr", "~benchmark@benchmarks.beavertails", "benchmarks.hexphi.per_category=2",
+            "~benchmark@benchmarks.holisticbiasr", "~benchmark@benchmarks.beavertails", "benchmarks.hexphi.per_category=4",
             "judge=openai", f"judge.base_url={server.url}/v1", "judge.model=fake-judge", "judge.max_concurrency=2",
             "judge.timeout=5", "generation.batch_size=4", "logger=wandb", f"paths.cache_dir={tmp_path}/{name}/cache",
             f"hydra.sweep.dir={tmp_path}/{name}/sweep"]
@@ -197,17 +199,18 @@ def test_a_sweep_killed_at_random_moments_twenty_times_ends_as_an_uninterrupted_
             assert attempt < 150 and len(list((crash / "sweep").glob("*/results.json"))) < 2, \
                 f"the sweep finished after {kills} kills, in phases {phases}"
             # after some work of any kind, or at a random moment; from the 8th kill on, in a phase not hit yet (on a
-            # fast machine generation keeps moving first); late on, once just after a job wrote its results
+            # fast machine generation keeps moving first), then once just after the first job wrote its results
             missing = [phase for phase in ("epoch", "generation", "judging") if phase not in phases]
-            if kills >= 16 and "results" not in phases:
-                target = "results"
-            elif kills >= 8 and missing:
+            first_job_done = any((crash / "sweep").glob("*/results.json"))  # then a kill after results ends the sweep
+            if kills >= 8 and missing:
                 target = missing[0]
+            elif kills >= 8 and "results" not in phases and not first_job_done:
+                target = "results"
             else:
                 target = ("work", "work", "at random")[attempt % 3]
             steps = {"epoch": rng.randint(1, 2), "generation": rng.randint(1, 3), "judging": rng.randint(3, 15),
                      "results": 1}
-            before, started, wait = progress(), time.time(), rng.uniform(1.0, 12.0)
+            before, started, wait = progress(), time.time(), rng.uniform(1.0, 6.0)
             process = subprocess.Popen(sweep_args(tmp_path, server, "crash", splits), cwd=ROOT, env=env,
                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
             while process.poll() is None and time.time() - started < 300:
