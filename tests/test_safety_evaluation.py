@@ -154,7 +154,7 @@ def test_an_evaluation_killed_while_judging_resumes_without_redoing_items(tmp_pa
     assert redone <= 2 * 2
     assert len(set(judged)) == 10 + 14  # every hexphi and beavertails item judged once
     hexphi = next(s for s in results["scoring"].values() if s["task"] == "harmfulness")
-    assert hexphi["counts"]["cache_hits"] >= before - 2 and hexphi["counts"]["cache_hits"] + \
+    assert hexphi["counts"]["cache_hits"] >= before - 2 * 2 and hexphi["counts"]["cache_hits"] + \
         hexphi["counts"]["cache_misses"] == 10
     assert all(results["generation_cache"][b]["misses"] == 0 for b in ("pvq40", "rtp", "holisticbiasr", "hexphi"))
 

@@ -3,8 +3,10 @@ import pytest
 import torch
 from hydra.utils import instantiate
 
+from valharm.errors import ValharmError
 from valharm.models import add_lora, load_adapter
-from valharm.training import IGNORE_INDEX, Example, SupervisedDataModule, collate, encode, fit_adapter, response_loss
+from valharm.training import (IGNORE_INDEX, Example, SupervisedDataModule, collate, compiled_layers, decoder_layers,
+                              encode, fit_adapter, response_loss)
 
 
 def test_loss_is_on_the_response_only(tiny_bundle):
@@ -264,3 +266,43 @@ def test_packed_batches_give_the_loss_and_gradients_of_padded_ones(tiny_bundle):
         assert not data.packing and SupervisedDataModule(tiny_bundle, stage2[:2], stage2[:2], packing=True).packing
     finally:
         model.unload()
+
+
+def test_compiled_layers_give_the_loss_and_gradients_of_eager_ones_and_are_undone(tiny_spec, tmp_path):
+    """`training.compile`: the same loss and LoRA gradients as eager layers on a fixed padded batch; the eager
+    forwards are back afterwards, a forward set on the instance (accelerate's hooks) included; a stage trains."""
+    bundle = tiny_spec.load()
+    examples = [Example(f"Name a colour ({i}).", "Blue." if i % 2 else "A green one, or maybe red.") for i in range(12)]
+    data = SupervisedDataModule(bundle, examples[:8], examples[8:], batch_size=8, max_length=64)
+    batch = collate(data.train, bundle.tokenizer.pad_token_id)
+    assert (batch["attention_mask"] == 0).any()  # padding in the batch: the masked path is compiled too
+    model = add_lora(bundle.model, r=4, alpha=8, dropout=0.0, target_modules=["q_proj", "v_proj"])
+    layers = decoder_layers(model)
+    hooked = layers[0].forward
+    layers[0].forward = hooked  # an instance attribute, as accelerate's hooks set it
+    results = []
+    for compiled in (False, True):
+        model.zero_grad()
+        with compiled_layers(model, compiled):
+            assert all(hasattr(layer.forward, "_torchdynamo_orig_callable") == compiled for layer in layers)
+            loss = response_loss(model, batch)
+            loss.backward()
+        results.append((loss.item(), [p.grad.clone() for p in model.parameters() if p.requires_grad]))
+    (eager, grads), (fused, fused_grads) = results
+    assert fused == pytest.approx(eager, rel=1e-5)
+    assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(grads, fused_grads))
+    assert layers[0].__dict__["forward"] is hooked and all("forward" not in layer.__dict__ for layer in layers[1:])
+
+    def make_trainer(stage, **kwargs):
+        return instantiate({"_target_": "lightning.pytorch.Trainer", "accelerator": "cpu", "logger": False,
+                            "enable_checkpointing": True, "enable_progress_bar": False,
+                            "enable_model_summary": False, "num_sanity_val_steps": 0}, **kwargs)
+
+    metrics = fit_adapter(model, data, tmp_path / "stage", make_trainer, lr=5e-3, seed=1, epochs=2, compile=True)
+    assert metrics["compiled"] and metrics["steps"] == 2 and metrics["best_val_loss"] < eager
+    assert all("forward" not in layer.__dict__ for layer in layers[1:])
+
+
+def test_compiling_a_model_without_named_layers_is_an_error():
+    with pytest.raises(ValharmError, match="compile=false"):
+        decoder_layers(torch.nn.Sequential(torch.nn.Linear(2, 2)))

@@ -7,6 +7,7 @@ import math
 import os
 import time
 import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
@@ -260,18 +261,50 @@ class BestAdapterCheckpoint(L.Callback):
         self.best, self.best_epoch, self.best_weights = state["best"], state["best_epoch"], state["best_weights"]
 
 
+def decoder_layers(model: torch.nn.Module) -> list[torch.nn.Module]:
+    """The model's repeated transformer blocks (the classes transformers names in `_no_split_modules`)."""
+    names = set(getattr(model.get_base_model() if hasattr(model, "get_base_model") else model, "_no_split_modules",
+                        None) or ())
+    layers = [module for module in model.modules() if type(module).__name__ in names]
+    if not layers:
+        raise ValharmError(f"training.compile: {type(model).__name__} names no decoder-layer class "
+                           f"(_no_split_modules); set aligner.training.compile=false for this model")
+    return layers
+
+
+@contextmanager
+def compiled_layers(model: torch.nn.Module, enabled: bool):
+    """Each decoder layer's forward compiled with torch.compile while training (regional compilation: the layers
+    share their compiled graphs, so compiling takes no longer for deeper models); the eager forwards are back after.
+    Fused norms, rotary embeddings, activations and LoRA branches mean fewer kernels and less Python per step."""
+    layers = decoder_layers(model) if enabled else []
+    own = [layer.__dict__.get("forward") for layer in layers]  # a forward set on the instance (accelerate's hooks)
+    for layer in layers:
+        layer.forward = torch.compile(layer.forward, dynamic=True)
+    try:
+        yield
+    finally:
+        for layer, forward in zip(layers, own):
+            if forward is None:
+                del layer.forward  # the class's forward again
+            else:
+                layer.forward = forward
+
+
 STAGE_DONE = "stage.json"  # a finished stage's metrics, next to its best adapter
 LAST_CHECKPOINT = "last.ckpt"  # LoRA weights, optimizer, schedule and loop state after the latest epoch
 
 
 def fit_adapter(peft_model, data: SupervisedDataModule, out_dir: Path, make_trainer: Callable[..., L.Trainer],
-                lr: float, seed: int, stage: str = "train", epochs: int = 1, accumulate: int = 1) -> dict:
+                lr: float, seed: int, stage: str = "train", epochs: int = 1, accumulate: int = 1,
+                compile: bool = False) -> dict:
     """Train one stage; reload the best adapter into `peft_model` and return the stage's metrics.
 
     Resumable: a stage finished by an earlier, interrupted attempt is not trained again (its best adapter is
     reloaded), and an unfinished one continues from its last epoch's checkpoint (adapter, optimizer, schedule).
     `make_trainer(stage=..., callbacks=..., default_root_dir=..., max_epochs=..., accumulate_grad_batches=...)`
-    builds the Lightning Trainer (the `trainer` config plus the run's logger).
+    builds the Lightning Trainer (the `trainer` config plus the run's logger). `compile`: decoder layers compiled
+    while training (`compiled_layers`).
     """
     out_dir = Path(out_dir)
     if (out_dir / STAGE_DONE).is_file():
@@ -290,7 +323,8 @@ def fit_adapter(peft_model, data: SupervisedDataModule, out_dir: Path, make_trai
     start = time.perf_counter()
     if resume:
         log.info(f"{stage}: resuming from {resume} after epoch {epochs_before} (an earlier attempt was interrupted)")
-    trainer.fit(module, datamodule=data, ckpt_path=resume)
+    with compiled_layers(peft_model, compile):
+        trainer.fit(module, datamodule=data, ckpt_path=resume)
     seconds = time.perf_counter() - start
     peft_model.eval()
     if checkpoint.best_epoch is None:
@@ -299,7 +333,7 @@ def fit_adapter(peft_model, data: SupervisedDataModule, out_dir: Path, make_trai
     reload_adapter(peft_model, out_dir)
     metrics = {"best_val_loss": checkpoint.best, "best_epoch": checkpoint.best_epoch,
                "train_examples": len(data.train), "valid_examples": len(data.valid), "dropped_examples": data.dropped,
-               "truncated_examples": data.truncated, "packed": data.packing,
+               "truncated_examples": data.truncated, "packed": data.packing, "compiled": compile,
                "steps": trainer.global_step, "epochs": trainer.current_epoch, "batch_size": data.batch_size,
                "accumulate_grad_batches": accumulate, "precision": str(trainer.precision),
                "seconds": round(seconds, 1), "resumed": "from_checkpoint" if resume else None,

@@ -32,7 +32,7 @@ class SFTAligner:
         self.name, self.seed, self.valid_fraction, self.max_valid = name, seed, valid_fraction, max_valid
         self.lora = dict(lora or {})
         self.training = {"lr": 2e-5, "epochs": 1, "batch_size": 4, "effective_batch_size": 16, "max_length": 2048,
-                         **(training or {})}
+                         "compile": False, **(training or {})}
         batch, effective = self.training["batch_size"], self.training["effective_batch_size"]
         if effective % batch:
             raise ValharmError(f"aligner.training.effective_batch_size={effective} is not a multiple of "
@@ -48,7 +48,8 @@ class SFTAligner:
         model = add_lora(bundle.model, **self.lora)
         metrics = {"sft": fit_adapter(model, module, run_dir / "stages" / "sft", make_trainer, lr=self.training["lr"],
                                       seed=self.seed, stage="sft", epochs=self.training["epochs"],
-                                      accumulate=self.training["effective_batch_size"] // self.training["batch_size"])}
+                                      accumulate=self.training["effective_batch_size"] // self.training["batch_size"],
+                                      compile=self.training["compile"])}
         adapter_dir = run_dir / "adapter"
         if main_process():
             model.save_pretrained(adapter_dir)

@@ -143,7 +143,7 @@ class VIMAligner:
         self.max_arguments = max_arguments
         self.lora = dict(lora or {})
         self.training = {"lr": 2e-5, "epochs": 5, "batch_size": 8, "max_length": 128, "max_length_agreement": 256,
-                         "packing": "auto", **(training or {})}
+                         "packing": "auto", "compile": False, **(training or {})}
         self.alignment_check = dict(alignment_check or {})
 
     def examples(self, splits: dict[str, pd.DataFrame], value: ValueDistribution) -> dict:
@@ -177,7 +177,8 @@ class VIMAligner:
         model = add_lora(bundle.model, **self.lora)
         for stage, data in stages.items():
             metrics[stage] = fit_adapter(model, data, run_dir / "stages" / stage, make_trainer, lr=self.training["lr"],
-                                         seed=self.seed, stage=stage, epochs=self.training["epochs"])
+                                         seed=self.seed, stage=stage, epochs=self.training["epochs"],
+                                         compile=self.training["compile"])
         adapter_dir = run_dir / "adapter"
         if main_process():
             model.save_pretrained(adapter_dir)
