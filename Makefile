@@ -49,9 +49,10 @@ bench-judge: setup
 bench-adapters: setup
 	$(BIN)/python bench/bench_adapters.py
 
-# The study at scale on this device: a random model of a named shape (SHAPE=llama2_7b on a GPU; smollm2 on a CPU).
+# The study at scale on this device: a random model of a named shape (SHAPE=llama2_7b on a GPU; smollm2 on a CPU);
+# ARGS: more options, e.g. ARGS=--compile (compiled decoder layers too), ARGS=--training-only.
 bench-gpu: setup
-	$(BIN)/python bench/bench_gpu.py --shape $(or $(SHAPE),smollm2)
+	$(BIN)/python bench/bench_gpu.py --shape $(or $(SHAPE),smollm2) $(ARGS)
 
 clean:
 	rm -rf $(VENV) .cache outputs
