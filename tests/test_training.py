@@ -234,6 +234,13 @@ def test_an_interrupted_stage_resumes_to_the_weights_of_an_uninterrupted_one(tin
     assert train(tmp_path / "cut")[1]["resumed"] == "finished"  # a finished stage is reloaded, not trained
 
 
+def loss_and_lora_grads(model, batch) -> tuple[float, list[torch.Tensor]]:
+    model.zero_grad()
+    loss = response_loss(model, batch)
+    loss.backward()
+    return loss.item(), [p.grad.clone() for p in model.parameters() if p.requires_grad]
+
+
 def test_packed_batches_give_the_loss_and_gradients_of_padded_ones(tiny_bundle):
     """Padding-free batches (examples back to back, positions restarting): the same loss and LoRA gradients as
     padded batches, on a fixed batch; without restarting positions attention would cross examples."""
@@ -250,13 +257,9 @@ def test_packed_batches_give_the_loss_and_gradients_of_padded_ones(tiny_bundle):
     features = data.train[:8]
     model = add_lora(tiny_bundle.model, r=4, alpha=8, dropout=0.0, target_modules=["q_proj", "v_proj"])
     try:
-        results = []
-        for batch in (collate(features, tiny_bundle.tokenizer.pad_token_id), collate_packed(features)):
-            model.zero_grad()
-            loss = response_loss(model, batch)
-            loss.backward()
-            results.append((loss.item(), [p.grad.clone() for p in model.parameters() if p.requires_grad]))
-        (padded, grads), (packed, packed_grads) = results
+        (padded, grads), (packed, packed_grads) = [
+            loss_and_lora_grads(model, batch)
+            for batch in (collate(features, tiny_bundle.tokenizer.pad_token_id), collate_packed(features))]
         assert packed == pytest.approx(padded, rel=1e-5)
         assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(grads, packed_grads))
         crossing = collate_packed(features)
@@ -282,12 +285,9 @@ def test_compiled_layers_give_the_loss_and_gradients_of_eager_ones_and_are_undon
     layers[0].forward = hooked  # an instance attribute, as accelerate's hooks set it
     results = []
     for compiled in (False, True):
-        model.zero_grad()
         with compiled_layers(model, compiled):
             assert all(hasattr(layer.forward, "_torchdynamo_orig_callable") == compiled for layer in layers)
-            loss = response_loss(model, batch)
-            loss.backward()
-        results.append((loss.item(), [p.grad.clone() for p in model.parameters() if p.requires_grad]))
+            results.append(loss_and_lora_grads(model, batch))
     (eager, grads), (fused, fused_grads) = results
     assert fused == pytest.approx(eager, rel=1e-5)
     assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(grads, fused_grads))
