@@ -267,7 +267,7 @@ def decoder_layers(model: torch.nn.Module) -> list[torch.nn.Module]:
                         None) or ())
     layers = [module for module in model.modules() if type(module).__name__ in names]
     if not layers:
-        raise ValharmError(f"training.compile: {type(model).__name__} names no decoder-layer class "
+        raise ValharmError(f"aligner.training.compile=true: {type(model).__name__} names no decoder-layer class "
                            f"(_no_split_modules); set aligner.training.compile=false for this model")
     return layers
 
