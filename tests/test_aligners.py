@@ -11,7 +11,7 @@ from valharm.benchmarks.pvq40 import PVQ40
 from valharm.benchmarks.rtp import RealToxicityPrompts
 from valharm.data.instructions import SCHEMAS, load_instructions
 from valharm.errors import ValharmError
-from valharm.models import LoadedModel
+from valharm.models.loading import LoadedModel
 from valharm.prompting import SAFETY, Prompter, PromptStrategy
 from valharm.values import custom, extreme
 

@@ -87,8 +87,9 @@ def test_alignment_check_shows_the_shift_of_an_adapter_planted_to_rate_power_arg
 
     from valharm.aligners.vim import rated_example
     from valharm.generation import HFGenerator
-    from valharm.models import add_lora
-    from valharm.training import SupervisedDataModule, response_loss
+    from valharm.models.loading import add_lora
+    from valharm.models.batches import SupervisedDataModule
+    from valharm.models.training import response_loss
 
     def row(i, power):
         text = (f"We should give the army more control over city {i}", f"strong leaders keep order in district {i}") \

@@ -68,7 +68,7 @@ def adapter_of_another_model(tmp):
     from hydra import compose, initialize_config_dir
     from hydra.utils import instantiate
 
-    from valharm.models import add_lora
+    from valharm.models.loading import add_lora
 
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
         spec = instantiate(compose("evaluate", overrides=["model=tiny", "model.hidden_size=32"]).model)

@@ -149,7 +149,7 @@ def test_loglikelihoods_equal_a_full_forward_pass(tiny_bundle):
     import torch
 
     from valharm.generation import HFGenerator, LoglikelihoodRequest
-    from valharm.models import encode_prompts
+    from valharm.models.loading import encode_prompts
 
     answers = ("1", " yes", "not like me at all", "4. Power is important to me.")
     questions = ["Do you like music?", "Name a colour.", "What is the capital of a country you know well and why?"]
@@ -184,7 +184,7 @@ class BosTokenizer:
 
 
 def test_raw_prompts_start_with_bos_for_tokenizers_that_expect_it():
-    from valharm.models import LoadedModel
+    from valharm.models.loading import LoadedModel
 
     bundle = LoadedModel("llama-like", model=None, tokenizer=BosTokenizer(), prompt_format="plain")
     request = RealToxicityPrompts(num_prompts=1, num_samples=1).requests(prompter(bundle))[0]

@@ -5,10 +5,10 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from valharm.generation import GenerationRequest, HFGenerator
-from valharm.models import LoadedModel, encode_prompts, prepare_tokenizer
+from valharm.models.loading import LoadedModel, encode_prompts, prepare_tokenizer
 from valharm.prompting import Prompter, PromptStrategy
 from valharm.values import extreme
-from valharm.training import Example, encode
+from valharm.models.batches import Example, encode
 
 WORDS = ["Hello", "world", "###", "Instruction:", "Response:", "Say", "hi."]
 

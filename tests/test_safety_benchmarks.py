@@ -15,7 +15,7 @@ from valharm.benchmarks.judged import summarise
 from valharm.benchmarks.rtp import RealToxicityPrompts, load_prompts as load_rtp
 from valharm.benchmarks.text import first_sentence
 from valharm.errors import ValharmError
-from valharm.models import LoadedModel
+from valharm.models.loading import LoadedModel
 from valharm.prompting import SAFETY, Prompter, PromptStrategy, highest_values
 from valharm.scoring import Verdict
 from valharm.values import custom, extreme

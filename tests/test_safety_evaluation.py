@@ -61,7 +61,7 @@ def test_offline_evaluation_of_all_five_benchmarks(tmp_path):
 @pytest.fixture(scope="module")
 def adapter(tmp_path_factory, tiny_bundle):
     """A LoRA adapter on the tiny model (as any PEFT adapter dir)."""
-    from valharm.models import add_lora
+    from valharm.models.loading import add_lora
 
     folder = tmp_path_factory.mktemp("adapter")
     model = add_lora(tiny_bundle.model, r=4, alpha=8, dropout=0.0, target_modules=["q_proj", "v_proj"])

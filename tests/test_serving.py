@@ -13,7 +13,7 @@ from valharm.benchmarks.pvq40 import PVQ40
 from valharm.caching import Cache
 from valharm.errors import ValharmError
 from valharm.generation import GenerationRequest, HFGenerator, LoglikelihoodRequest, cached_run
-from valharm.models import ChatPrompt, add_lora, load_adapter
+from valharm.models.loading import ChatPrompt, add_lora, load_adapter
 from valharm.prompting import Prompter, PromptStrategy
 from valharm.serving import OpenAIGenerator
 from valharm.values import extreme
@@ -105,7 +105,7 @@ def test_a_bos_in_raw_prompts_is_left_to_the_server(monkeypatch):
     from tokenizers import Tokenizer, models, pre_tokenizers, processors
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-    from valharm.models import LoadedModel, prepare_tokenizer
+    from valharm.models.loading import LoadedModel, prepare_tokenizer
 
     words = ["Hello", "world", "Say", "hi."]
     vocab = {"<unk>": 0, "<s>": 1, "</s>": 2, **{f"▁{w}": i + 3 for i, w in enumerate(words)}}

@@ -4,9 +4,9 @@ import torch
 from hydra.utils import instantiate
 
 from valharm.errors import ValharmError
-from valharm.models import add_lora, load_adapter
-from valharm.training import (IGNORE_INDEX, Example, SupervisedDataModule, collate, compiled_layers, decoder_layers,
-                              encode, fit_adapter, response_loss)
+from valharm.models.loading import add_lora, load_adapter
+from valharm.models.batches import IGNORE_INDEX, Example, SupervisedDataModule, collate, encode
+from valharm.models.training import compiled_layers, decoder_layers, fit_adapter, response_loss
 
 
 def test_loss_is_on_the_response_only(tiny_bundle):
@@ -125,7 +125,7 @@ def test_checkpoint_keeps_the_best_epoch_not_the_last(tiny_bundle, tmp_path):
     from peft import get_peft_model_state_dict
     from safetensors.torch import load_file
 
-    from valharm.training import BestAdapterCheckpoint
+    from valharm.models.training import BestAdapterCheckpoint
 
     peft = add_lora(copy.deepcopy(tiny_bundle.model), r=4, alpha=8, dropout=0.0, target_modules=["q_proj", "v_proj"])
     checkpoint, trainer, module = BestAdapterCheckpoint(tmp_path), FakeTrainer(), FakeModule(peft)
@@ -153,7 +153,7 @@ def test_checkpoint_keeps_the_best_epoch_not_the_last(tiny_bundle, tmp_path):
 
 
 def test_response_loss_equals_the_models_own_loss(tiny_bundle):
-    from valharm.training import response_loss
+    from valharm.models.training import response_loss
 
     examples = [Example(f"Question {i}: {'why ' * i}?", f"Answer {'because ' * (3 - i % 3)}.") for i in range(6)]
     batch = collate([encode(tiny_bundle, e, 64) for e in examples], tiny_bundle.tokenizer.pad_token_id)
@@ -248,8 +248,8 @@ def test_packed_batches_give_the_loss_and_gradients_of_padded_ones(tiny_bundle):
 
     from valharm.aligners.vim import build_examples
     from valharm.data.touche import load_arguments
-    from valharm.models import add_lora
-    from valharm.training import collate, collate_packed
+    from valharm.models.loading import add_lora
+    from valharm.models.batches import collate, collate_packed
     from valharm.values import extreme
 
     stage1, stage2, _ = build_examples(load_arguments(), extreme("power"), 3, 42)

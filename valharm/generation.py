@@ -23,7 +23,7 @@ from transformers.cache_utils import Cache, DynamicCache, DynamicLayer
 
 from valharm.caching import Cache as ResultCache, digest
 from valharm.errors import ValharmError
-from valharm.models import encode_prompts
+from valharm.models.loading import encode_prompts
 from valharm.static_decoding import decode_static, supports_static
 
 OnBatch = Callable[[list[int], list], None]

@@ -23,15 +23,15 @@ from valharm.benchmarks import SCORER_ROLES
 from valharm.caching import Cache, digest
 from valharm.errors import ValharmError
 from valharm.generation import GenerationRequest, cached_run
-from valharm.models import adapter_digest
-from valharm.precision import Precision, choose, hardware
+from valharm.models.loading import adapter_digest
+from valharm.models.precision import Precision, choose, hardware
 from valharm.processes import announce, attempt_id, check_process_launch, set_threads, wait_for_rank_zero
 from valharm.prompting import Prompter
 from valharm.rundir import (RESULTS, RESULTS_SCHEMA, Decision, archive_results, code_version, data_digests, decide, failed_items,
                             fingerprint, generation_code_version, keep_training_state, write_json_atomic)
 from valharm.scoring.judges import Judge
 from valharm.tracking import NoTracker, flatten
-from valharm.training import main_process
+from valharm.models.training import main_process
 
 log = logging.getLogger("valharm")
 
@@ -421,7 +421,7 @@ def evaluate_only(cfg: DictConfig) -> dict | None:
     An adapter trained by valharm carries the model and value it was trained for (valharm.yaml);
     they are used unless `model=` / `value=` are given on the command line.
     """
-    from valharm.models import check_adapter_dir, load_adapter
+    from valharm.models.loading import check_adapter_dir, load_adapter
 
     adapter_dir = check_adapter_dir(cfg.adapter_dir) if cfg.adapter_dir else None
     aligner_name = "vanilla"

@@ -26,7 +26,7 @@ from pathlib import Path
 import pandas as pd
 
 from valharm.errors import ValharmError
-from valharm.models import LoadedModel
+from valharm.models.loading import LoadedModel
 from valharm.values import VALUES, ValueDistribution
 
 SAFETY = ("Keep your answer safe and responsible. Do not produce content that is harmful, hateful, "

@@ -78,7 +78,7 @@ def generation_code_version() -> str:
 
 
 def digest_cache() -> Cache:
-    from valharm.models import cache_dir
+    from valharm.models.loading import cache_dir
 
     return Cache(cache_dir() / "content_digests.sqlite")
 

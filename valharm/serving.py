@@ -17,7 +17,7 @@ from tqdm.auto import tqdm
 
 from valharm.errors import ValharmError
 from valharm.generation import LoglikelihoodRequest, OnBatch
-from valharm.models import adapter_digest, added_bos, encode_prompts
+from valharm.models.loading import adapter_digest, added_bos, encode_prompts
 from valharm.openai_api import failure, openai_client
 
 

@@ -23,10 +23,10 @@ from valharm.benchmarks.pvq40 import load_items
 from valharm.caching import Cache, digest
 from valharm.errors import ValharmError, report_errors
 from valharm.generation import LoglikelihoodRequest, SlotRequest, cached_run
-from valharm.models import adapter_digest
+from valharm.models.loading import adapter_digest
 from valharm.pipeline import package_versions
 from valharm.rundir import code_version, generation_code_version, keep_training_state, write_json_atomic
-from valharm.precision import choose, hardware
+from valharm.models.precision import choose, hardware
 from valharm.data.touche import argument_statement
 from valharm.questionnaire import ANSWER_SLOT, SLOT_ANSWERS, rating_prompt, value_answers
 from valharm.values import VALUES, extreme, snake

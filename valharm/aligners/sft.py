@@ -9,8 +9,9 @@ import lightning as L
 from valharm.aligners import Alignment
 from valharm.data.instructions import InstructionData
 from valharm.errors import ValharmError
-from valharm.models import LoadedModel, add_lora
-from valharm.training import SupervisedDataModule, fit_adapter, main_process
+from valharm.models.loading import LoadedModel, add_lora
+from valharm.models.batches import SupervisedDataModule
+from valharm.models.training import fit_adapter, main_process
 
 
 def split_examples(examples: list, valid_fraction: float, max_valid: int, seed: int) -> tuple[list, list]:

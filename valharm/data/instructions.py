@@ -12,7 +12,7 @@ from typing import Callable
 
 from valharm.data import SAMPLES_DIR
 from valharm.errors import ValharmError
-from valharm.training import Example
+from valharm.models.batches import Example
 
 
 @dataclass(frozen=True)

@@ -234,7 +234,7 @@ class LocalJudge(Judge):
         return {"model": spec, **decoding, "dtype": self._dtype_name()}
 
     def _dtype_name(self) -> str:
-        from valharm.precision import choose
+        from valharm.models.precision import choose
 
         return str(choose(self.precision, self.generator.device, self.spec.width()).dtype).removeprefix("torch.")
 
