@@ -36,7 +36,8 @@ from hydra.utils import instantiate  # noqa: E402
 
 from valharm.aligners.vim import build_examples  # noqa: E402
 from valharm.data.touche import load_splits  # noqa: E402
-from valharm.generation import GenerationRequest, HFGenerator, LoglikelihoodRequest, stop_token_ids  # noqa: E402
+from valharm.generation.requests import GenerationRequest, LoglikelihoodRequest  # noqa: E402
+from valharm.generation.local import HFGenerator, stop_token_ids  # noqa: E402
 from valharm.models.loading import LoadedModel, add_lora, encode_prompts, prepare_tokenizer  # noqa: E402
 from valharm.models.precision import choose, hardware  # noqa: E402
 from valharm.questionnaire import rating_prompt  # noqa: E402

@@ -34,7 +34,8 @@ from valharm.aligners.vim import build_examples  # noqa: E402
 from valharm.benchmarks.pvq40 import PVQ40  # noqa: E402
 from valharm.benchmarks.rtp import RealToxicityPrompts  # noqa: E402
 from valharm.data.touche import load_arguments  # noqa: E402
-from valharm.generation import GenerationRequest, HFGenerator  # noqa: E402
+from valharm.generation.requests import GenerationRequest  # noqa: E402
+from valharm.generation.local import HFGenerator  # noqa: E402
 from valharm.models.loading import add_lora  # noqa: E402
 from valharm.models.precision import choose, hardware  # noqa: E402
 from valharm.prompting import Prompter, PromptStrategy  # noqa: E402

@@ -123,7 +123,8 @@ def test_pvq_slot_mode_is_the_default_and_reads_the_rating_after_the_reason(tiny
 
 
 def test_slot_requests_read_the_rating_where_the_reply_puts_it(tiny_bundle):
-    from valharm.generation import GenerationRequest, HFGenerator, LoglikelihoodRequest, SlotRequest, cut_at_slot, \
+    from valharm.generation.requests import GenerationRequest, LoglikelihoodRequest, SlotRequest, cut_at_slot, \
+    from valharm.generation.local import HFGenerator
         run_requests
 
     assert cut_at_slot("Power is important to me, so My Answer is 5.", "my answer is") == \
@@ -148,7 +149,8 @@ def test_slot_requests_read_the_rating_where_the_reply_puts_it(tiny_bundle):
 def test_loglikelihoods_equal_a_full_forward_pass(tiny_bundle):
     import torch
 
-    from valharm.generation import HFGenerator, LoglikelihoodRequest
+    from valharm.generation.local import HFGenerator
+    from valharm.generation.requests import LoglikelihoodRequest
     from valharm.models.loading import encode_prompts
 
     answers = ("1", " yes", "not like me at all", "4. Power is important to me.")

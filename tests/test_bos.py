@@ -4,7 +4,8 @@ import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-from valharm.generation import GenerationRequest, HFGenerator
+from valharm.generation.requests import GenerationRequest
+from valharm.generation.local import HFGenerator
 from valharm.models.loading import LoadedModel, encode_prompts, prepare_tokenizer
 from valharm.prompting import Prompter, PromptStrategy
 from valharm.values import extreme

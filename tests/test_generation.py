@@ -3,7 +3,9 @@ import pytest
 import torch
 from transformers.generation.logits_process import TemperatureLogitsWarper, TopPLogitsWarper
 
-from valharm.generation import GenerationRequest, HFGenerator, nucleus
+from valharm.generation.requests import GenerationRequest
+from valharm.generation.local import HFGenerator
+from valharm.generation.sampler import nucleus
 from valharm.prompting import Prompter, PromptStrategy
 from valharm.values import extreme
 
@@ -113,7 +115,7 @@ def test_a_samples_draws_do_not_depend_on_what_shares_its_batch(tiny_bundle):
 
 def test_sampling_draws_from_the_nucleus_distribution():
     """Inverse-transform draws from per-row streams follow the nucleus probabilities (many rows, one step)."""
-    from valharm.generation import next_tokens, nucleus, sample_keys
+    from valharm.generation.sampler import next_tokens, nucleus, sample_keys
 
     logits = torch.tensor([[2.0, 1.0, 0.5, -1.0, -3.0]]).repeat(20000, 1)
     keys = sample_keys(0, [f"r{i}" for i in range(20000)], 1, "cpu")
@@ -158,7 +160,7 @@ def test_static_decoding_samples_what_the_dynamic_loop_samples(tiny_bundle):
 
 
 def test_a_step_index_on_the_device_draws_what_an_int_draws():
-    from valharm.generation import sample_keys, uniforms
+    from valharm.generation.sampler import sample_keys, uniforms
 
     keys = sample_keys(3, ["a", "b"], 4, "cpu")
     for step in (0, 1, 63, 10_000):

@@ -13,7 +13,8 @@ import pytest
 from conftest import run_cli
 from fake_servers import FakeServer, FaultyJudge, verdict_requests
 from valharm.caching import Cache
-from valharm.generation import GenerationRequest, HFGenerator, cached_run
+from valharm.generation.requests import GenerationRequest, cached_run
+from valharm.generation.local import HFGenerator
 from wandb_log import summary
 
 SMALL = ["model=tiny", "generation.progress=false", "benchmarks.rtp.num_prompts=3", "benchmarks.rtp.num_samples=2",

@@ -12,10 +12,11 @@ from fake_servers import FakeServer, ModelServer
 from valharm.benchmarks.pvq40 import PVQ40
 from valharm.caching import Cache
 from valharm.errors import ValharmError
-from valharm.generation import GenerationRequest, HFGenerator, LoglikelihoodRequest, cached_run
+from valharm.generation.requests import GenerationRequest, LoglikelihoodRequest, cached_run
+from valharm.generation.local import HFGenerator
 from valharm.models.loading import ChatPrompt, add_lora, load_adapter
 from valharm.prompting import Prompter, PromptStrategy
-from valharm.serving import OpenAIGenerator
+from valharm.generation.serving import OpenAIGenerator
 from valharm.values import extreme
 
 KEY = "test-key-not-secret"
@@ -88,7 +89,7 @@ def test_answer_loglikelihoods_through_the_server_equal_local_scores(server, mon
 
 
 def test_slot_readings_through_the_server_equal_local_ones(server, monkeypatch, tiny_bundle):
-    from valharm.generation import run_requests
+    from valharm.generation.requests import run_requests
 
     prompter = Prompter(tiny_bundle, PromptStrategy(), extreme("power"))
     requests = PVQ40().requests(prompter)[:3]

@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from valharm.data.touche import argument_statement
-from valharm.generation import SlotRequest, cached_run
+from valharm.generation.requests import SlotRequest, cached_run
 from valharm.models.loading import LoadedModel
 from valharm.questionnaire import ANSWER_SLOT, SLOT_ANSWERS, answer_distribution, rating_prompt
 from valharm.values import VALUES

@@ -22,7 +22,7 @@ from valharm.analysis.runs import identities
 from valharm.benchmarks import SCORER_ROLES
 from valharm.caching import Cache, digest
 from valharm.errors import ValharmError
-from valharm.generation import GenerationRequest, cached_run
+from valharm.generation.requests import GenerationRequest, cached_run
 from valharm.models.loading import adapter_digest
 from valharm.models.precision import Precision, choose, hardware
 from valharm.processes import announce, attempt_id, check_process_launch, set_threads, wait_for_rank_zero

@@ -67,14 +67,15 @@ def code_version() -> str:
 
 
 # the code path generated texts depend on
-GENERATION_SOURCES = ("generation.py", "static_decoding.py", "serving.py", "models.py")
+GENERATION_SOURCES = ("generation", "models/loading.py")  # a package's every module, or one file
 
 
 @functools.lru_cache(maxsize=1)
 def generation_code_version() -> str:
     """A digest of the generation code path only: a fix there invalidates cached generations, an edit elsewhere
     (a README, the analysis) does not."""
-    return file_tree_digest([PACKAGE / name for name in GENERATION_SOURCES], PACKAGE)[:16]
+    files = [path for name in GENERATION_SOURCES for path in sorted((PACKAGE / name).rglob("*.py")) or [PACKAGE / name]]
+    return file_tree_digest(files, PACKAGE)[:16]
 
 
 def digest_cache() -> Cache:

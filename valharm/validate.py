@@ -22,7 +22,7 @@ from valharm.alignment import expected_ratings, rating_requests, value_contrasts
 from valharm.benchmarks.pvq40 import load_items
 from valharm.caching import Cache, digest
 from valharm.errors import ValharmError, report_errors
-from valharm.generation import LoglikelihoodRequest, SlotRequest, cached_run
+from valharm.generation.requests import LoglikelihoodRequest, SlotRequest, cached_run
 from valharm.models.loading import adapter_digest
 from valharm.pipeline import package_versions
 from valharm.rundir import code_version, generation_code_version, keep_training_state, write_json_atomic

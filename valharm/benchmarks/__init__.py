@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from valharm.generation import GenerationRequest, LoglikelihoodRequest
+from valharm.generation.requests import GenerationRequest, LoglikelihoodRequest
 from valharm.prompting import Prompter
 from valharm.values import ValueDistribution
 

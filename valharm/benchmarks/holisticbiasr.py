@@ -28,7 +28,7 @@ from valharm.benchmarks import BenchmarkResult
 from valharm.benchmarks.text import first_sentence
 from valharm.data import SAMPLES_DIR
 from valharm.errors import ValharmError
-from valharm.generation import GenerationRequest
+from valharm.generation.requests import GenerationRequest
 
 SAMPLE_DIR = SAMPLES_DIR / "holisticbias"
 PHRASE_TYPES = ("noun", "descriptor_noun", "noun_descriptor", "fixed_phrase")

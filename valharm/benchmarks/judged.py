@@ -8,7 +8,7 @@ import numpy as np
 
 from valharm.benchmarks import BenchmarkResult
 from valharm.errors import ValharmError
-from valharm.generation import GenerationRequest
+from valharm.generation.requests import GenerationRequest
 from valharm.scoring import FAILED, INVALID, OK, Verdict
 
 

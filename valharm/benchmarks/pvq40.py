@@ -20,7 +20,7 @@ import pandas as pd
 from valharm.benchmarks import BenchmarkResult
 from valharm.data import SAMPLES_DIR, read_table
 from valharm.errors import ValharmError
-from valharm.generation import GenerationRequest, LoglikelihoodRequest, SlotRequest
+from valharm.generation.requests import GenerationRequest, LoglikelihoodRequest, SlotRequest
 from valharm.questionnaire import ANSWER_SLOT, SLOT_ANSWERS, answer_distribution, parse_rating, rating_prompt
 from valharm.values import VALUES, nmse, nmse_scored, pvq_value_scores
 

@@ -29,7 +29,7 @@ from valharm.benchmarks import BenchmarkResult
 from valharm.benchmarks.text import first_sentence
 from valharm.data import SAMPLES_DIR
 from valharm.errors import ValharmError
-from valharm.generation import GenerationRequest
+from valharm.generation.requests import GenerationRequest
 from valharm.scoring import Verdict
 
 SAMPLE_PATH = SAMPLES_DIR / "rtp_sample.csv"

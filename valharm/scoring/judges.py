@@ -17,7 +17,7 @@ from typing import Callable
 
 from valharm.caching import digest
 from valharm.errors import ValharmError
-from valharm.openai_api import failure, openai_client
+from valharm.generation.openai_api import failure, openai_client
 from valharm.scoring import INVALID, Scorer, Verdict
 from valharm.scoring.rubrics import RUBRICS, TemplateRubric
 
@@ -216,7 +216,7 @@ class LocalJudge(Judge):
     def __init__(self, model, mode: str = "choice", max_new_tokens: int = 96, batch_size: int = 16,
                  precision: str = "auto", device: str = "auto", cache_path=None, progress: bool = True,
                  templates: dict | None = None, on_invalid: str = "exclude"):
-        from valharm.generation import HFGenerator
+        from valharm.generation.local import HFGenerator
 
         if mode not in self.MODES:
             raise ValharmError(f"judge.mode='{mode}'; use one of {', '.join(self.MODES)}")
@@ -239,7 +239,7 @@ class LocalJudge(Judge):
         return str(choose(self.precision, self.generator.device, self.spec.width()).dtype).removeprefix("torch.")
 
     def complete(self, conversations, reply, rubric=None):
-        from valharm.generation import GenerationRequest, LoglikelihoodRequest
+        from valharm.generation.requests import GenerationRequest, LoglikelihoodRequest
 
         bundle = _load_local(digest(self.settings()), self.spec, self._dtype_name())
         for start in range(0, len(conversations), self.batch_size):  # each chunk reaches the cache before the next
