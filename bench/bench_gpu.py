@@ -40,10 +40,10 @@ from valharm.generation.requests import GenerationRequest, LoglikelihoodRequest 
 from valharm.generation.local import HFGenerator, stop_token_ids  # noqa: E402
 from valharm.models.loading import LoadedModel, add_lora, encode_prompts, prepare_tokenizer  # noqa: E402
 from valharm.models.precision import choose, hardware  # noqa: E402
-from valharm.questionnaire import rating_prompt  # noqa: E402
+from valharm.values.questionnaire import rating_prompt  # noqa: E402
 from valharm.models.training import LoRACausalLM, compiled_layers, response_loss  # noqa: E402
 from valharm.models.batches import SupervisedDataModule  # noqa: E402
-from valharm.values import extreme  # noqa: E402
+from valharm.values.distributions import extreme  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 # hidden, intermediate, layers, attention heads, key/value heads, vocabulary (Llama architecture at each shape)

@@ -41,7 +41,7 @@ from valharm.models.precision import choose, hardware  # noqa: E402
 from valharm.prompting import Prompter, PromptStrategy  # noqa: E402
 from valharm.models.training import LoRACausalLM, response_loss
 from valharm.models.batches import SupervisedDataModule  # noqa: E402
-from valharm.values import extreme  # noqa: E402
+from valharm.values.distributions import extreme  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 

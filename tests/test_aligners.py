@@ -13,7 +13,7 @@ from valharm.data.instructions import SCHEMAS, load_instructions
 from valharm.errors import ValharmError
 from valharm.models.loading import LoadedModel
 from valharm.prompting import SAFETY, Prompter, PromptStrategy
-from valharm.values import custom, extreme
+from valharm.values.distributions import custom, extreme
 
 
 def no_trainer(**kwargs):

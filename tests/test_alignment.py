@@ -4,9 +4,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from valharm import validation
-from valharm.alignment import AlignmentCheck, contrast, crossover, crossover_interval, weighted_shift
-from valharm.values import VALUES, extreme
+from valharm.values import validation
+from valharm.values.alignment import AlignmentCheck, contrast, crossover, crossover_interval, weighted_shift
+from valharm.values.distributions import VALUES, extreme
 
 
 def test_contrast_and_crossover_by_hand():

@@ -9,7 +9,7 @@ from statsmodels.stats.multitest import multipletests
 from valharm.analysis.runs import tidy
 from valharm.analysis.stats import correlations
 from valharm.errors import ValharmError
-from valharm.values import VALUES
+from valharm.values.distributions import VALUES
 
 
 def write_runs(root, count=12, seed=0, noise=0.2):
@@ -165,7 +165,7 @@ def correlation_table(path):
 
 def test_auto_value_names_the_values_that_correlate_with_the_category(tmp_path, tiny_bundle):
     from valharm.prompting import AutoValueStrategy, Prompter, value_instruction
-    from valharm.values import extreme
+    from valharm.values.distributions import extreme
 
     strategy = AutoValueStrategy(correlations=str(correlation_table(tmp_path / "c.csv")))
     prompter = Prompter(tiny_bundle, strategy, extreme("power"))

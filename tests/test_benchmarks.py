@@ -7,7 +7,7 @@ from valharm.benchmarks.rtp import RealToxicityPrompts, expected_max_toxicity, l
 from valharm.errors import ValharmError
 from valharm.prompting import Prompter, PromptStrategy
 from valharm.scoring import Scorer, Verdict
-from valharm.values import extreme
+from valharm.values.distributions import extreme
 
 
 def test_rtp_metrics_by_hand():

@@ -8,7 +8,7 @@ from valharm.generation.requests import GenerationRequest
 from valharm.generation.local import HFGenerator
 from valharm.models.loading import LoadedModel, encode_prompts, prepare_tokenizer
 from valharm.prompting import Prompter, PromptStrategy
-from valharm.values import extreme
+from valharm.values.distributions import extreme
 from valharm.models.batches import Example, encode
 
 WORDS = ["Hello", "world", "###", "Instruction:", "Response:", "Say", "hi."]

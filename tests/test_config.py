@@ -6,7 +6,7 @@ from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
 from conftest import ROOT
-from valharm.values import VALUES
+from valharm.values.distributions import VALUES
 
 CONF = ROOT / "conf"
 GROUPS = ["model", "aligner", "dataset", "value", "prompt_strategy", "generation", "scorer", "regard", "judge",

@@ -7,7 +7,7 @@ from valharm.generation.requests import GenerationRequest
 from valharm.generation.local import HFGenerator
 from valharm.generation.sampler import nucleus
 from valharm.prompting import Prompter, PromptStrategy
-from valharm.values import extreme
+from valharm.values.distributions import extreme
 
 QUESTIONS = ["Do you like music?", "Name a colour.", "What is the capital of a country you know well and why?",
              "Say something kind.", "Count to three.", "Which season do you prefer, and what do you do then?"]

@@ -1,6 +1,6 @@
 import pytest
 
-from valharm.questionnaire import SCALE, parse_rating, rating_answer, rating_prompt
+from valharm.values.questionnaire import SCALE, parse_rating, rating_answer, rating_prompt
 
 
 @pytest.mark.parametrize("text, rating", [

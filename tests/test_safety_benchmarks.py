@@ -18,7 +18,7 @@ from valharm.errors import ValharmError
 from valharm.models.loading import LoadedModel
 from valharm.prompting import SAFETY, Prompter, PromptStrategy, highest_values
 from valharm.scoring import Verdict
-from valharm.values import custom, extreme
+from valharm.values.distributions import custom, extreme
 
 
 class FixedJudge:

@@ -17,7 +17,7 @@ from valharm.generation.local import HFGenerator
 from valharm.models.loading import ChatPrompt, add_lora, load_adapter
 from valharm.prompting import Prompter, PromptStrategy
 from valharm.generation.serving import OpenAIGenerator
-from valharm.values import extreme
+from valharm.values.distributions import extreme
 
 KEY = "test-key-not-secret"
 QUESTIONS = ["Do you like music?", "Name a colour.", "Say something kind."]

@@ -42,7 +42,7 @@ def test_command_line_sweeps_combine_with_the_experiments():
 @pytest.mark.parametrize("index, message", [(154, "outside 0..153"), (-1, "outside 0..153")])
 def test_study_index_is_checked(index, message):
     from valharm.errors import ValharmError
-    from valharm.values import study
+    from valharm.values.distributions import study
 
     with pytest.raises(ValharmError, match=message):
         study(index)

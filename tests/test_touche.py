@@ -3,7 +3,7 @@ import pytest
 
 from valharm.data.touche import SAMPLE_PATH, load_arguments, load_splits, split_arguments
 from valharm.errors import ValharmError
-from valharm.values import VALUES
+from valharm.values.distributions import VALUES
 
 
 def test_shipped_sample_is_valid_and_covers_every_value():

@@ -250,7 +250,7 @@ def test_packed_batches_give_the_loss_and_gradients_of_padded_ones(tiny_bundle):
     from valharm.data.touche import load_arguments
     from valharm.models.loading import add_lora
     from valharm.models.batches import collate, collate_packed
-    from valharm.values import extreme
+    from valharm.values.distributions import extreme
 
     stage1, stage2, _ = build_examples(load_arguments(), extreme("power"), 3, 42)
     data = SupervisedDataModule(tiny_bundle, stage1[:4] + stage2[:4], stage2[:2], batch_size=8, max_length=256)

@@ -4,7 +4,7 @@ import json
 import pytest
 
 from conftest import ROOT, run_cli
-from valharm.validation import LEVELS
+from valharm.values.validation import LEVELS
 
 SMALL = ["model=tiny", "train_arguments=24", "valid_arguments=8", "fit_arguments=16", "test_arguments=40",
          "table_contexts=2", "resamples=200", "trainer.enable_progress_bar=false"]

@@ -5,7 +5,7 @@ import pandas as pd
 import pytest
 
 from conftest import run_cli
-from valharm import values as V
+from valharm.values import distributions as V
 from valharm.errors import ValharmError
 
 
@@ -167,7 +167,7 @@ def test_importance_coding_picks_people_who_hold_the_anchor_values_most(shared_d
 
 
 def test_cli_lists_140_study_rows(shared_data, tmp_path):
-    out = run_cli("valharm.values", "list", "--source", "ess", "--ess-path",
+    out = run_cli("valharm.values.distributions", "list", "--source", "ess", "--ess-path",
                   str(shared_data / "ess_distribution.csv"), "--coding", "paper", "--k", "10", cwd=tmp_path)
     assert out.returncode == 0, out.stderr
     lines = out.stdout.strip().splitlines()
@@ -177,9 +177,9 @@ def test_cli_lists_140_study_rows(shared_data, tmp_path):
 
 
 def test_cli_extremes_and_missing_ess(tmp_path):
-    out = run_cli("valharm.values", "list", "--source", "extreme", cwd=tmp_path)
+    out = run_cli("valharm.values.distributions", "list", "--source", "extreme", cwd=tmp_path)
     assert out.returncode == 0 and len(out.stdout.strip().splitlines()) == 15
     assert "power,power,0,1.0,1.0,1.0,1.0,6.0" in out.stdout
-    out = run_cli("valharm.values", "list", "--source", "ess", cwd=tmp_path, env={"VALHARM_DATA_DIR": str(tmp_path)})
+    out = run_cli("valharm.values.distributions", "list", "--source", "ess", cwd=tmp_path, env={"VALHARM_DATA_DIR": str(tmp_path)})
     assert out.returncode == 2
     assert "ESS file not found" in out.stderr and "Traceback" not in out.stderr

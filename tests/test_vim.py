@@ -6,8 +6,8 @@ import pytest
 
 from valharm.aligners.vim import (argument_example, argument_score, build_examples, per_argument_example,
                                   per_value_examples, sample_rating, shuffle_labels)
-from valharm.questionnaire import parse_rating
-from valharm.values import VALUES, custom, extreme
+from valharm.values.questionnaire import parse_rating
+from valharm.values.distributions import VALUES, custom, extreme
 
 
 def row(stance="in favor of", **labels):
@@ -67,7 +67,7 @@ def test_per_argument_stage2_rates_by_the_lowest_labelled_value():
 
 
 def test_the_answer_names_the_value_first_and_the_rating_last():
-    from valharm.questionnaire import ANSWER_SLOT, rating_answer
+    from valharm.values.questionnaire import ANSWER_SLOT, rating_answer
 
     answer = rating_answer(5, "Power")
     assert answer.startswith("Power is important to me") and answer.endswith(f"{ANSWER_SLOT} 5.")
@@ -115,7 +115,7 @@ def test_vim_on_real_data_voices_exactly_the_arguments_power_alone_labels(shared
     from hydra.utils import instantiate
 
     from conftest import ROOT
-    from valharm.values import VALUES
+    from valharm.values.distributions import VALUES
 
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
         cfg = compose("train", overrides=[f"dataset.path={shared_data / 'valueEval_10.csv'}", "value=power"])

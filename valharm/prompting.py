@@ -27,7 +27,7 @@ import pandas as pd
 
 from valharm.errors import ValharmError
 from valharm.models.loading import LoadedModel
-from valharm.values import VALUES, ValueDistribution
+from valharm.values.distributions import VALUES, ValueDistribution
 
 SAFETY = ("Keep your answer safe and responsible. Do not produce content that is harmful, hateful, "
           "discriminatory, violent, sexually explicit, deceptive or illegal, or that helps anyone cause harm. "

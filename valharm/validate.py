@@ -2,7 +2,7 @@
 
 Trains VIM for two opposed targets and a shuffled-label control of each on one base load, rates training
 arguments, test arguments, the value table and the PVQ-40 items with every adapter and with none (vanilla),
-and writes `validation.json` and `verdict.md` into the run dir (see valharm.validation for the levels).
+and writes `validation.json` and `verdict.md` into the run dir (see valharm.values.validation for the levels).
 Rerunning into the same run dir (`hydra.run.dir=...`) resumes: finished training stages are reloaded and
 ratings come from the run dir's cache.
 """
@@ -17,8 +17,8 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from valharm import validation
-from valharm.alignment import expected_ratings, rating_requests, value_contrasts
+from valharm.values import validation
+from valharm.values.alignment import expected_ratings, rating_requests, value_contrasts
 from valharm.benchmarks.pvq40 import load_items
 from valharm.caching import Cache, digest
 from valharm.errors import ValharmError, report_errors
@@ -28,8 +28,8 @@ from valharm.pipeline import package_versions
 from valharm.rundir import code_version, generation_code_version, keep_training_state, write_json_atomic
 from valharm.models.precision import choose, hardware
 from valharm.data.touche import argument_statement
-from valharm.questionnaire import ANSWER_SLOT, SLOT_ANSWERS, rating_prompt, value_answers
-from valharm.values import VALUES, extreme, snake
+from valharm.values.questionnaire import ANSWER_SLOT, SLOT_ANSWERS, rating_prompt, value_answers
+from valharm.values.distributions import VALUES, extreme, snake
 
 log = logging.getLogger("valharm")
 

@@ -23,14 +23,14 @@ import lightning as L
 import pandas as pd
 
 from valharm.aligners import Alignment
-from valharm.alignment import AlignmentCheck
+from valharm.values.alignment import AlignmentCheck
 from valharm.data.touche import argument_statement, labelled_values
 from valharm.errors import ValharmError
 from valharm.models.loading import LoadedModel, add_lora
-from valharm.questionnaire import rating_answer, rating_prompt
+from valharm.values.questionnaire import rating_answer, rating_prompt
 from valharm.models.batches import Example, SupervisedDataModule
 from valharm.models.training import fit_adapter, main_process
-from valharm.values import VALUES, ValueDistribution
+from valharm.values.distributions import VALUES, ValueDistribution
 
 SCORE_RULES = {"min": min, "mean": lambda xs: sum(xs) / len(xs)}
 STAGE2_RULES = ("per_value", "per_argument")

@@ -20,7 +20,7 @@ import pandas as pd
 from valharm.caching import digest
 from valharm.errors import ValharmError
 from valharm.tracking import is_number
-from valharm.values import VALUES
+from valharm.values.distributions import VALUES
 
 OVERALL = "all"
 

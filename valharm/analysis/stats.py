@@ -7,7 +7,7 @@ import pandas as pd
 from scipy import stats
 from statsmodels.stats.multitest import multipletests
 
-from valharm.values import VALUES
+from valharm.values.distributions import VALUES
 
 MIN_RUNS = 3
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from valharm.errors import ValharmError
 from valharm.tracking import is_number
-from valharm.values import VALUES
+from valharm.values.distributions import VALUES
 
 BENCHMARKS = ("pvq40", "rtp", "holisticbiasr", "hexphi", "beavertails")
 

@@ -11,7 +11,7 @@ from typing import Protocol
 
 from valharm.generation.requests import GenerationRequest, LoglikelihoodRequest
 from valharm.prompting import Prompter
-from valharm.values import ValueDistribution
+from valharm.values.distributions import ValueDistribution
 
 # which scorer each role is built from: a config group (`scorer=`, `regard=`, `judge=`)
 SCORER_ROLES = {"toxicity": "scorer", "regard": "regard", "judge": "judge"}

@@ -7,7 +7,7 @@ import pandas as pd
 
 from valharm.data import SAMPLES_DIR, read_table
 from valharm.errors import ValharmError
-from valharm.values import VALUES
+from valharm.values.distributions import VALUES
 
 TEXT_COLUMNS = ("Conclusion", "Stance", "Premise")
 STANCES = ("in favor of", "against")

@@ -19,8 +19,8 @@ import pandas as pd
 from valharm.data.touche import argument_statement
 from valharm.generation.requests import SlotRequest, cached_run
 from valharm.models.loading import LoadedModel
-from valharm.questionnaire import ANSWER_SLOT, SLOT_ANSWERS, answer_distribution, rating_prompt
-from valharm.values import VALUES
+from valharm.values.questionnaire import ANSWER_SLOT, SLOT_ANSWERS, answer_distribution, rating_prompt
+from valharm.values.distributions import VALUES
 
 
 def rating_requests(bundle: LoadedModel, arguments: pd.DataFrame, reply_tokens: int = 32,

@@ -10,16 +10,16 @@
   arguments), which must stay within a margin of vanilla's (0: a crossover of one model with itself).
 - M2 (questionnaire): the crossover on the PVQ-40 items of the two values, with an item-bootstrap interval, and
   each run's rank of its target in its PVQ profile.
-D_v (see valharm.alignment) = mean rating of v's arguments (or items) minus the rest's.
+D_v (see valharm.values.alignment) = mean rating of v's arguments (or items) minus the rest's.
 """
 from __future__ import annotations
 
 import numpy as np
 import pandas as pd
 
-from valharm.alignment import contrast, crossover, crossover_interval, value_contrasts
-from valharm.questionnaire import answer_distribution
-from valharm.values import VALUES, nmse, snake
+from valharm.values.alignment import contrast, crossover, crossover_interval, value_contrasts
+from valharm.values.questionnaire import answer_distribution
+from valharm.values.distributions import VALUES, nmse, snake
 
 LEVELS = {
     "M0": "implementation: training does not fit its own data",
