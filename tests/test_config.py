@@ -35,7 +35,7 @@ def test_every_option_composes_and_instantiates(group, option, shared_data, monk
     extra = [o.format(classifier=tiny_classifier) for o in LOCAL_STAND_INS.get((group, option), [])]
     cfg = compose_train(f"{group}={option}", *extra)
     if group == "logger":
-        from valharm.pipeline import build_tracker
+        from valharm.runs.components import build_tracker
 
         obj = build_tracker(cfg.logger)
     else:
@@ -74,8 +74,8 @@ def test_study_training_defaults():
 
 
 def test_wandb_mode_is_set_as_logger_wandb_mode():
-    from valharm.pipeline import build_tracker
-    from valharm.tracking import NoTracker, WandbTracker
+    from valharm.runs.components import build_tracker
+    from valharm.runs.tracking import NoTracker, WandbTracker
 
     tracker = build_tracker(compose_train("logger=wandb", "logger.wandb.mode=online").logger)
     assert isinstance(tracker, WandbTracker) and tracker.mode == "online"

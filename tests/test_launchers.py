@@ -12,7 +12,7 @@ import pytest
 
 from conftest import run_cli
 
-from valharm.processes import usable_cores
+from valharm.runs.processes import usable_cores
 
 ONLY_PVQ_RTP = ["~benchmark@benchmarks.holisticbiasr", "~benchmark@benchmarks.hexphi",
                 "~benchmark@benchmarks.beavertails", "benchmarks.rtp.num_prompts=4", "benchmarks.rtp.num_samples=2"]
@@ -173,7 +173,7 @@ def test_four_adapters_are_evaluated_on_one_base_load(tiny_bundle, tmp_path):
 
 
 def test_training_state_of_another_config_or_a_finished_run_is_not_resumed(tmp_path):
-    from valharm.rundir import keep_training_state
+    from valharm.runs.rundir import keep_training_state
 
     stage = tmp_path / "stages" / "vim"
     stage.mkdir(parents=True)
@@ -211,7 +211,7 @@ def test_the_slurm_preset_composes_on_submitit_and_everything_is_overridable():
 def test_ranks_started_together_wait_for_rank_zero_of_the_same_attempt(tmp_path, monkeypatch):
     import threading
 
-    from valharm.processes import announce, attempt_id, wait_for_rank_zero
+    from valharm.runs.processes import announce, attempt_id, wait_for_rank_zero
 
     monkeypatch.setenv("SLURM_JOB_ID", "77")
     monkeypatch.setenv("SLURM_NTASKS", "2")

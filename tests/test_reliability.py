@@ -57,7 +57,7 @@ def test_wandb_failing_at_the_start_never_costs_the_results(tmp_path):
 
 
 def test_wandb_failing_mid_run_warns_once_and_goes_on(caplog, tmp_path):
-    from valharm.tracking import WandbTracker
+    from valharm.runs.tracking import WandbTracker
 
     class Broken:
         group, id, name, dir = "g", "i", "n", "d"

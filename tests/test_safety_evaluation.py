@@ -258,7 +258,7 @@ def test_a_run_with_failed_items_is_not_finished_until_they_are_scored(tmp_path)
 
 
 def test_the_fingerprint_covers_the_evaluated_adapters_weights():
-    from valharm.rundir import fingerprint
+    from valharm.runs.rundir import fingerprint
 
     config = {"model": {"name": "tiny"}, "adapter_dir": "/runs/a/adapter", "paths": {"cache_dir": "/x"}}
     assert fingerprint(config, "weights-1") != fingerprint(config, "weights-2")

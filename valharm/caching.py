@@ -121,3 +121,32 @@ class Cache:
                 return db.execute("SELECT COUNT(*) FROM entries WHERE namespace = ?", [namespace]).fetchone()[0]
 
         return self._guarded(count)
+
+
+def cache_dir() -> Path:
+    """Where valharm keeps what outlives a run (converted models, content digests): $VALHARM_CACHE_DIR or
+    ~/.cache/valharm."""
+    return Path(os.environ.get("VALHARM_CACHE_DIR", Path.home() / ".cache" / "valharm"))
+
+
+def file_tree_digest(files: list[Path], root: Path) -> str:
+    return digest({str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(files)})
+
+
+def digest_cache() -> Cache:
+    return Cache(cache_dir() / "content_digests.sqlite")
+
+
+def content_digest(path: Path, cache: Cache | None = None) -> str:
+    """SHA-256 of a file's bytes, or of a folder's files (names and contents); remembered by path, size and
+    modification time, so unchanged files are not read again."""
+    path = path.resolve()
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+    stamp = digest({"path": str(path), "files": [(str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in files]})
+    known = cache.get("content", [stamp]) if cache else {}
+    if stamp in known:
+        return known[stamp]
+    found = hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else file_tree_digest(files, path)
+    if cache:
+        cache.put("content", {stamp: found})
+    return found

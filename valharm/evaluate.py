@@ -2,7 +2,7 @@
 import hydra
 from omegaconf import DictConfig
 
-from valharm import pipeline
+from valharm.runs import pipeline
 from valharm.errors import report_errors
 
 

@@ -24,10 +24,10 @@ from valharm.caching import Cache, digest
 from valharm.errors import ValharmError, report_errors
 from valharm.generation.requests import LoglikelihoodRequest, SlotRequest, cached_run
 from valharm.models.loading import adapter_digest
-from valharm.pipeline import package_versions
-from valharm.rundir import code_version, generation_code_version, keep_training_state, write_json_atomic
+from valharm.runs.records import package_versions
+from valharm.runs.rundir import code_version, generation_code_version, keep_training_state, write_json_atomic
 from valharm.models.precision import choose, hardware
-from valharm.data.touche import argument_statement
+from valharm.values.questionnaire import argument_statement
 from valharm.values.questionnaire import ANSWER_SLOT, SLOT_ANSWERS, rating_prompt, value_answers
 from valharm.values.distributions import VALUES, extreme, snake
 

@@ -24,7 +24,8 @@ import pandas as pd
 
 from valharm.aligners import Alignment
 from valharm.values.alignment import AlignmentCheck
-from valharm.data.touche import argument_statement, labelled_values
+from valharm.values.questionnaire import argument_statement
+from valharm.data.touche import labelled_values
 from valharm.errors import ValharmError
 from valharm.models.loading import LoadedModel, add_lora
 from valharm.values.questionnaire import rating_answer, rating_prompt

@@ -17,9 +17,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from valharm.caching import digest
 from valharm.errors import ValharmError
-from valharm.tracking import is_number
+from valharm.runs.records import identities
+from valharm.runs.tracking import is_number
 from valharm.values.distributions import VALUES
 
 OVERALL = "all"
@@ -51,24 +51,6 @@ def numbers(metrics: dict) -> list[tuple[str, str]]:
         elif is_number(value):
             rows.append((OVERALL, key))
     return rows
-
-
-def identities(results: dict) -> dict[str, dict]:
-    """Per benchmark: its instrument (model · scorer or reading · data) and its duplicate key (see module doc)."""
-    found = {}
-    config = results.get("config") or {}
-    for benchmark in results.get("metrics") or {}:
-        info = (results.get("benchmarks") or {}).get(benchmark) or {}
-        scorer = info.get("scorer") or f"{benchmark} scoring={info.get('scoring')}"
-        data = "shipped sample" if info.get("shipped_sample") else "real data"
-        namespace = (results.get("generation_cache") or {}).get("namespace")
-        same = {"generator": namespace, "system_prompt": results.get("system_prompt"),
-                "strategy": results.get("prompt_strategy_detail"), "scorer": scorer,
-                "benchmark": (config.get("benchmarks") or {}).get(benchmark),
-                "value": (results.get("value") or {}).get("scores")}
-        found[benchmark] = {"instrument": f"{results.get('model')} · {scorer} · {data}",
-                            "duplicate_key": digest(same) if namespace else None}
-    return found
 
 
 def run_row(results: dict, run: str) -> dict:

@@ -9,7 +9,7 @@ local runs.
 from __future__ import annotations
 
 from valharm.errors import ValharmError
-from valharm.tracking import is_number
+from valharm.runs.tracking import is_number
 from valharm.values.distributions import VALUES
 
 BENCHMARKS = ("pvq40", "rtp", "holisticbiasr", "hexphi", "beavertails")

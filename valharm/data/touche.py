@@ -11,19 +11,12 @@ from valharm.values.distributions import VALUES
 
 TEXT_COLUMNS = ("Conclusion", "Stance", "Premise")
 STANCES = ("in favor of", "against")
-STANCE_VERB = {"in favor of": "agree", "against": "disagree"}
 SAMPLE_PATH = SAMPLES_DIR / "touche23_sample.tsv"
 
 
 def labelled_values(row: pd.Series) -> list[str]:
     """The values an argument is labelled with, read by column name."""
     return [v for v in VALUES if int(row[v]) == 1]
-
-
-def argument_statement(row: pd.Series) -> str:
-    """The argument as something a person says (what VIM's stage 2 asks the persona to rate)."""
-    conclusion = row["Conclusion"]
-    return f'I {STANCE_VERB[row["Stance"]]} that {conclusion[:1].lower()}{conclusion[1:]}. {row["Premise"]}'
 
 
 def load_arguments(path: str | None = None, hub_id: str | None = None, split: str = "train",

@@ -17,15 +17,11 @@ from pathlib import Path
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 
-from valharm.caching import digest
+from valharm.caching import cache_dir, digest
 from valharm.errors import ValharmError
 
 PROMPT_FORMATS = ("chat", "plain")
 PLAIN_TEMPLATE = "{system}### Instruction:\n{user}\n\n### Response:\n"
-
-
-def cache_dir() -> Path:
-    return Path(os.environ.get("VALHARM_CACHE_DIR", Path.home() / ".cache" / "valharm"))
 
 
 def config_width(config) -> int:

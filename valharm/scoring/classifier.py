@@ -47,7 +47,7 @@ class HFClassifier(Scorer):
         """The weights that answer: the hub commit the revision resolved to, or a local folder's content digest."""
         from pathlib import Path
 
-        from valharm.rundir import content_digest, digest_cache
+        from valharm.caching import content_digest, digest_cache
 
         found = getattr(self._pipe.model.config, "_commit_hash", None)
         if found:

@@ -16,7 +16,7 @@ from typing import Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from valharm.data.touche import argument_statement
+from valharm.values.questionnaire import argument_statement
 from valharm.generation.requests import SlotRequest, cached_run
 from valharm.models.loading import LoadedModel
 from valharm.values.questionnaire import ANSWER_SLOT, SLOT_ANSWERS, answer_distribution, rating_prompt

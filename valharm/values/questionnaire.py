@@ -44,6 +44,15 @@ def rating_prompt(statement: str) -> str:
             f"How much is this person like you? Reply with only one number from 1 to 6 ({options}).")
 
 
+STANCE_VERB = {"in favor of": "agree", "against": "disagree"}
+
+
+def argument_statement(row) -> str:
+    """The argument as something a person says (what VIM's stage 2 asks the persona to rate)."""
+    conclusion = row["Conclusion"]
+    return f'I {STANCE_VERB[row["Stance"]]} that {conclusion[:1].lower()}{conclusion[1:]}. {row["Premise"]}'
+
+
 ANSWER_SLOT = "my answer is"  # what precedes the rating in a VIM answer; the answer-slot reading reads the next token
 SLOT_ANSWERS = tuple(f" {rating}" for rating in SCALE)  # the six ratings as they follow the slot
 

@@ -13,7 +13,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from valharm.errors import ValharmError
-from valharm.rundir import write_json_atomic
+from valharm.runs.rundir import write_json_atomic
 
 log = logging.getLogger("valharm")
 

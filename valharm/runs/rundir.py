@@ -9,7 +9,6 @@ file, makes the job run again.
 from __future__ import annotations
 
 import functools
-import hashlib
 import json
 import logging
 import math
@@ -20,13 +19,13 @@ from dataclasses import dataclass
 from importlib.metadata import version
 from pathlib import Path
 
-from valharm.caching import Cache, digest
+from valharm.caching import content_digest, digest, digest_cache, file_tree_digest
 from valharm.errors import ValharmError
-from valharm.tracking import flatten
+from valharm.runs.tracking import flatten
 
 log = logging.getLogger("valharm")
 
-PACKAGE = Path(__file__).resolve().parent
+PACKAGE = Path(__file__).resolve().parents[1]  # valharm/
 CONF = PACKAGE.parent / "conf"
 RESULTS = "results.json"
 HISTORY = "results.history"  # every superseded results.json, as <finished time>.json
@@ -52,10 +51,6 @@ def write_json_atomic(path: Path, data) -> None:
     os.replace(tmp, path)
 
 
-def file_tree_digest(files: list[Path], root: Path) -> str:
-    return digest({str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(files)})
-
-
 @functools.lru_cache(maxsize=1)
 def code_version() -> str:
     """valharm's version and a digest of its Python sources, its YAML configs and its shipped samples: results of
@@ -76,27 +71,6 @@ def generation_code_version() -> str:
     (a README, the analysis) does not."""
     files = [path for name in GENERATION_SOURCES for path in sorted((PACKAGE / name).rglob("*.py")) or [PACKAGE / name]]
     return file_tree_digest(files, PACKAGE)[:16]
-
-
-def digest_cache() -> Cache:
-    from valharm.models.loading import cache_dir
-
-    return Cache(cache_dir() / "content_digests.sqlite")
-
-
-def content_digest(path: Path, cache: Cache | None = None) -> str:
-    """SHA-256 of a file's bytes, or of a folder's files (names and contents); remembered by path, size and
-    modification time, so unchanged files are not read again."""
-    path = path.resolve()
-    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
-    stamp = digest({"path": str(path), "files": [(str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in files]})
-    known = cache.get("content", [stamp]) if cache else {}
-    if stamp in known:
-        return known[stamp]
-    found = hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else file_tree_digest(files, path)
-    if cache:
-        cache.put("content", {stamp: found})
-    return found
 
 
 def data_digests(config: dict) -> dict[str, str]:
