@@ -86,19 +86,41 @@ def coverage(table: pd.DataFrame) -> pd.DataFrame:
                          for b, n in have.items() if n < runs], columns=["benchmark", "runs_with", "runs_without"])
 
 
+X_TEXT = {"target": "target score, the score the run was aligned to",
+          "measured": "measured PVQ-40 score, the run's pvq40 `{field}`"}
+RESAMPLE_TEXT = {
+    "runs": "intervals: percentile bootstrap over runs; p: scipy's, which counts every run as independent",
+    "anchor": "intervals: percentile bootstrap over anchors (the design's clusters: an extreme distribution and its "
+              "ESS neighbours), each drawn with all its runs; p: permutation of whole anchors' risk scores among "
+              "anchors with as many runs, matched by rank (`clusters` = anchors behind each)"}
+
+
+def design_text(x: str, resample: str, field: str) -> str:
+    """What the correlations were computed on and how they were resampled, naming the settings."""
+    return (f"x = each value's {X_TEXT[x].format(field=field)} (correlate.x={x}); {RESAMPLE_TEXT[resample]} "
+            f"(correlate.resample={resample})")
+
+
 def write_report(out: Path, runs: int, found: pd.DataFrame, figure: Path | None, method: str, alpha: float,
-                 sections: dict[str, pd.DataFrame], intake: str = "") -> Path:
-    """report.md: what went in (`intake`: runs read, dropped, instrument groups), the heatmap, the associations and
-    strongest correlations, then `sections` (title -> table: model types, tests, mitigation, what was skipped)."""
-    lines = [f"# valharm analysis\n\n{intake}{runs} value-aligned run(s) correlated. Correlations: {method} (and "
-             f"Pearson in `correlations.csv`) of each value's target score with each risk category's metric across "
-             f"those runs (`n` = runs behind each); q = Benjamini-Hochberg over all tests; significant: "
-             f"q < {alpha}; intervals: percentile bootstrap over runs.\n"]
+                 sections: dict[str, pd.DataFrame], intake: str, design: str, top: str = "",
+                 lead: dict[str, tuple[str, pd.DataFrame]] | None = None) -> Path:
+    """report.md: `top` (a warning that must not be missed), what went in (`intake`: runs read, dropped, instrument
+    groups), how the correlations were computed (`design`), the `lead` sections (title -> (text, table): the
+    alignment evidence), the heatmap, the associations and strongest correlations, then `sections` (title -> table:
+    model types, tests, mitigation, what was skipped)."""
+    lines = ["# valharm analysis\n\n" + (f"{top}\n\n" if top else "") +
+             f"{intake}{runs} value-aligned run(s) correlated. Correlations: {method} (and Pearson in "
+             f"`correlations.csv`) of each value's score with each risk category's metric across those runs (`n` = "
+             f"runs behind each); {design}; q = Benjamini-Hochberg over "
+             f"all tests; significant: q < {alpha}.\n"]
+    lines += [f"\n## {title}\n\n{text}\n\n" + markdown_table(frame) for title, (text, frame) in (lead or {}).items()]
     if figure is not None:
         lines.append(f"\n![value x risk]({figure.name})\n")
-    lines.append("\n## Significant associations per value\n\n" + markdown_table(associations(found, method, alpha)))
-    columns = [*(["group"] if "group" in found else []), "value", "benchmark", "category", "n", f"{method}_r",
-               f"{method}_q", f"{method}_ci_low", f"{method}_ci_high"]
+    significant = associations(found, method, alpha) if len(found) else found
+    lines.append("\n## Significant associations per value\n\n" + markdown_table(significant))
+    columns = [*(["group"] if "group" in found else []), "value", "benchmark", "category", "n",
+               *(["clusters"] if "clusters" in found else []), f"{method}_r", f"{method}_q", f"{method}_ci_low",
+               f"{method}_ci_high"]
     strongest = found.sort_values(f"{method}_q").head(20)[columns] if len(found) else found
     lines.append("\n## Strongest correlations\n\n" + markdown_table(strongest))
     lines += [f"\n## {title}\n\n" + markdown_table(frame) for title, frame in sections.items()]

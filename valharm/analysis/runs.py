@@ -3,16 +3,18 @@
 Overall numbers have category "all"; per-category numbers (HEx-PHI, BeaverTails categories,
 HolisticBiasR axes) have the category's name. Missing categories and non-numeric fields give no row.
 Each row carries what identifies its run: model, aligner, model type, prompt strategy, the scorers
-that produced its numbers, the run's ten target value scores (`value/<Name>`) and, for VIM runs, the
-alignment check's weighted shift (`alignment_shift`); and per benchmark its `instrument` (base model, the
-scorer or judge that produced the numbers, shipped sample or real data: numbers of different instruments are
-not comparable) and its `duplicate_key` (same generating model, prompt strategy, benchmark settings and
-scorer: two runs with one key are one measurement counted twice).
+that produced its numbers, the run's ten target value scores (`value/<Name>`), its distribution's `anchor`
+and `rank` in the study's design (see `anchor_of`) and, for VIM runs, the alignment check's weighted shift
+(`alignment_shift`); and per benchmark its `instrument` (base model, the scorer or judge that produced the
+numbers, shipped sample or real data: numbers of different instruments are not comparable) and its
+`duplicate_key` (same generating model, prompt strategy, benchmark settings and scorer: two runs with one key
+are one measurement counted twice).
 """
 from __future__ import annotations
 
 import glob
 import json
+import re
 from pathlib import Path
 
 import pandas as pd
@@ -53,12 +55,33 @@ def numbers(metrics: dict) -> list[tuple[str, str]]:
     return rows
 
 
+def anchor_of(value: dict) -> tuple[str, int]:
+    """(anchor, rank) of a run's value distribution: its cluster in the study's design, where each of 14 anchors is
+    an extreme distribution (rank 0) with its k nearest ESS profiles (ranks 1..k).
+
+    Read from the `anchor` and `rank` that results.json records for extreme and ESS distributions; a record
+    without an anchor field (W&B logs only the name) from its name, `<anchor>_ess<rank>` or an extreme's own;
+    a distribution recorded with no anchor (custom) is clustered by its highest-scored value(s), e.g. `power` or
+    `conformity+security+tradition`.
+    """
+    name = value.get("name") or ""
+    if value.get("anchor"):
+        return str(value["anchor"]), int(value.get("rank") or 0)
+    if "anchor" not in value and name:
+        match = re.fullmatch(r"(.+)_ess(\d+)", name)
+        return (match[1], int(match[2])) if match else (name, 0)
+    top = max(value["scores"].values())
+    return "+".join(v.lower() for v in VALUES if value["scores"][v] == top), 0
+
+
 def run_row(results: dict, run: str) -> dict:
     scores = results["value"]["scores"]
     check = results.get("alignment_check") or {}
+    anchor, rank = anchor_of(results["value"])
     return {"run": run, "model": results.get("model"), "aligner": results.get("aligner"),
             "model_type": results.get("model_type", results.get("aligner")),
             "prompt_strategy": results.get("prompt_strategy"), "value_name": results["value"].get("name"),
+            "anchor": anchor, "rank": rank,
             "scorers": ", ".join(sorted(results.get("scoring") or {})),
             "alignment_shift": check.get("weighted_shift"),  # VIM runs: did the alignment take (see README)
             **{f"value/{name}": float(scores[name]) for name in VALUES}}

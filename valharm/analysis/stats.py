@@ -1,5 +1,6 @@
-"""Value x risk statistics: Pearson and Spearman correlations of each value's score with each category's
-metric across runs, p-values, Benjamini-Hochberg q-values and bootstrap confidence intervals."""
+"""Value x risk statistics: Pearson and Spearman correlations of each value's score (target or measured) with
+each category's metric across runs, p-values, Benjamini-Hochberg q-values and bootstrap confidence intervals
+(over runs, or over the design's clusters: see resampling)."""
 from __future__ import annotations
 
 import numpy as np
@@ -7,9 +8,11 @@ import pandas as pd
 from scipy import stats
 from statsmodels.stats.multitest import multipletests
 
+from valharm.analysis.resampling import cluster_interval, permutation_p
 from valharm.values.distributions import VALUES
 
 MIN_RUNS = 3
+X_COLUMNS = {"target": "value/", "measured": "measured/"}  # correlate.x: the columns holding a run's value scores
 
 
 def pearson(x: np.ndarray, y: np.ndarray, axis: int = -1) -> np.ndarray:
@@ -41,13 +44,38 @@ def bootstrap_interval(x: np.ndarray, y: np.ndarray, method: str, resamples: int
     return float(low), float(high)
 
 
+def interval(x: np.ndarray, y: np.ndarray, method: str, resamples: int, confidence: float, seed: int,
+             clusters: np.ndarray | None = None) -> tuple[float, float]:
+    """Percentile bootstrap interval of the correlation: over runs, or over whole `clusters` when given."""
+    if clusters is None:
+        return bootstrap_interval(x, y, method, resamples, confidence, seed)
+    return cluster_interval(x, y, clusters, method, resamples, confidence, seed)
+
+
+def correlation_row(x: np.ndarray, y: np.ndarray, design: tuple[np.ndarray, np.ndarray] | None, resamples: int,
+                    confidence: float, seed: int) -> dict:
+    """Both methods' r, p and interval; with a `design` (clusters, ranks) the interval resamples whole clusters
+    and p comes from the design's permutations (see resampling), else runs count as independent."""
+    row = {}
+    for method, test, statistic in (("pearson", stats.pearsonr, pearson), ("spearman", stats.spearmanr, spearman)):
+        r, p = test(x, y)
+        if design is not None:
+            p = permutation_p(x, y, *design, statistic, resamples, seed)
+        low, high = interval(x, y, method, resamples, confidence, seed, None if design is None else design[0])
+        row |= {f"{method}_r": float(r), f"{method}_p": float(p), f"{method}_ci_low": low, f"{method}_ci_high": high}
+    return row
+
+
 def correlations(table: pd.DataFrame, metrics: dict[str, str] | None = None, resamples: int = 999,
-                 confidence: float = 0.95, seed: int = 0, by: tuple[str, ...] = ()) -> tuple[pd.DataFrame, pd.DataFrame]:
+                 confidence: float = 0.95, seed: int = 0, by: tuple[str, ...] = (), x: str = "target",
+                 resample: str = "runs") -> tuple[pd.DataFrame, pd.DataFrame]:
     """(correlations, skipped): one row per value x (benchmark, category, metric) with n, r, p, q and CI for
     both methods; `skipped` lists the (benchmark, category, metric) with fewer than 3 runs or no spread.
 
     `metrics`: the metric analysed per benchmark (default: every metric); `by`: further columns that split the
-    runs (e.g. the instrument group). q-values control the false discovery rate over all tests of one method.
+    runs (e.g. the instrument group); `x`: target or measured value scores (`value/` or `measured/` columns);
+    `resample`: runs (independent) or anchor (the design's clusters, `clusters` = anchors behind each row).
+    q-values control the false discovery rate over all tests of one method.
     """
     rows, skipped = [], []
     keys = [*by, "benchmark", "category", "metric"]
@@ -59,18 +87,18 @@ def correlations(table: pd.DataFrame, metrics: dict[str, str] | None = None, res
             skipped.append({**where, "runs": len(group),
                             "why": f"fewer than {MIN_RUNS} runs" if len(group) < MIN_RUNS else "the metric does not vary"})
             continue
-        y = group["value"].to_numpy(float)
         for value in VALUES:
-            x = group[f"value/{value}"].to_numpy(float)
-            if np.unique(x).size < 2:
+            scores = group[f"{X_COLUMNS[x]}{value}"].to_numpy(float)
+            keep = np.isfinite(scores)
+            y = group["value"].to_numpy(float)[keep]
+            if keep.sum() < MIN_RUNS or np.unique(scores[keep]).size < 2 or np.unique(y).size < 2:
                 continue
-            row = {"value": value, **where, "n": len(group)}
-            for method, test in (("pearson", stats.pearsonr), ("spearman", stats.spearmanr)):
-                r, p = test(x, y)
-                low, high = bootstrap_interval(x, y, method, resamples, confidence, seed)
-                row |= {f"{method}_r": float(r), f"{method}_p": float(p), f"{method}_ci_low": low,
-                        f"{method}_ci_high": high}
-            rows.append(row)
+            row = {"value": value, **where, "n": int(keep.sum())}
+            design = None
+            if resample == "anchor":
+                design = (group.anchor.to_numpy()[keep], group["rank"].to_numpy()[keep])
+                row["clusters"] = int(np.unique(design[0]).size)
+            rows.append(row | correlation_row(scores[keep], y, design, resamples, confidence, seed))
     result = pd.DataFrame(rows)
     if len(result):
         for method in ("pearson", "spearman"):
