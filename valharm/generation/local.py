@@ -21,7 +21,8 @@ from transformers.cache_utils import Cache
 
 from valharm.errors import ValharmError
 from valharm.models.loading import encode_prompts
-from valharm.generation.requests import GenerationRequest, LoglikelihoodRequest, OnBatch, request_key
+from valharm.generation.requests import (AnswerTreeRequest, GenerationRequest, LoglikelihoodRequest, OnBatch,
+                                        request_key)
 from valharm.generation.sampler import new_cache, next_tokens, sample_keys
 from valharm.generation.static_decoding import decode_static, supports_static
 
@@ -31,6 +32,7 @@ class HFGenerator:
 
     name = "hf"
     needs_weights = True
+    scores_trees = True  # AnswerTreeRequests: branches, then leaves, from each prompt's cache
 
     def __init__(self, batch_size: int = 256, seed: int = 0, progress: bool = True, device: str = "auto",
                  share_prefix: bool = True, top_p_candidates: int = 64, compact_fraction: float = 0.25,
@@ -89,26 +91,35 @@ class HFGenerator:
         return [outputs[i] for i in range(len(requests))]
 
     def run(self, model, tokenizer, requests: list, desc: str = "generate", on_batch: OnBatch | None = None) -> list:
-        """Texts for GenerationRequests, log-probabilities for LoglikelihoodRequests (one kind per call)."""
-        if requests and isinstance(requests[0], LoglikelihoodRequest):
+        """Texts for GenerationRequests, log-probabilities for LoglikelihoodRequests and AnswerTreeRequests (one kind
+        per call)."""
+        if requests and isinstance(requests[0], (LoglikelihoodRequest, AnswerTreeRequest)):
             return self.loglikelihood(model, tokenizer, requests, desc, on_batch)
         return self.generate(model, tokenizer, requests, desc, on_batch)
 
     @torch.inference_mode()
     def loglikelihood(self, model, tokenizer, requests: list[LoglikelihoodRequest],
                       desc: str = "loglikelihood", on_batch: OnBatch | None = None) -> list[list[float]]:
-        """For every request, the summed log-probability of each continuation's tokens after the prompt."""
+        """For every request, the summed log-probability of each continuation's tokens after the prompt (of each
+        branch + leaf, for AnswerTreeRequests)."""
         model.eval().to(self.device)
         self.new_tokens = 0
         prompts = encode_prompts(tokenizer, [r.prompt for r in requests])
         order = sorted(range(len(requests)), key=lambda i: -len(prompts[i]))
         scores: dict[int, list[float]] = {}
         bar = tqdm(total=len(requests), desc=desc, disable=not self.progress, unit="prompt")
-        per_batch = max(1, self.batch_size // max(len(r.continuations) for r in requests)) if requests else 1
+        if isinstance(requests[0], AnswerTreeRequest) and len({(r.branches, r.leaves) for r in requests}) > 1:
+            raise ValueError("answer-tree requests scored together must share one tree")
+        answers = [len(r.branches) * len(r.leaves) if isinstance(r, AnswerTreeRequest) else len(r.continuations)
+                   for r in requests]
+        per_batch = max(1, self.batch_size // max(answers)) if requests else 1
         for start in range(0, len(order), per_batch):
             batch = order[start:start + per_batch]
-            for i, row in zip(batch, self._score_batch(model, tokenizer, [prompts[i] for i in batch],
-                                                       [requests[i].continuations for i in batch])):
+            rows = [prompts[i] for i in batch]
+            scored = (self._score_tree(model, tokenizer, rows, requests[batch[0]].branches, requests[batch[0]].leaves)
+                      if isinstance(requests[0], AnswerTreeRequest) else
+                      self._score_batch(model, tokenizer, rows, [requests[i].continuations for i in batch]))
+            for i, row in zip(batch, scored):
                 scores[i] = row
             if on_batch:
                 on_batch(batch, [scores[i] for i in batch])
@@ -140,6 +151,56 @@ class HFGenerator:
             real = torch.tensor([[t < len(ids) for t in range(1, width)] for ids in flat], device=self.device)
             totals = totals + (picked * real).sum(-1)
         return totals.view(len(rows), count).tolist()
+
+    def _score_tree(self, model, tokenizer, rows, branches, leaves) -> list[list[list[float]]]:
+        """Prefill each prompt once, run every branch from that cache, then every leaf from each branch's cache:
+        [row][branch][leaf] summed log-probabilities of branch + leaf (the same tree for every row)."""
+        first, mask, cache = self._tree_prefill(model, tokenizer, rows, branches, leaves)
+        totals, after, mask = self._extend(model, cache, mask, first, self._padded(tokenizer, branches), then=True)
+        leaf_totals, _, _ = self._extend(model, cache, mask, after, self._padded(tokenizer, leaves), then=False)
+        width = len(leaves)
+        return (totals.repeat_interleave(width) + leaf_totals).view(len(rows), len(branches), width).tolist()
+
+    def _padded(self, tokenizer, texts) -> tuple[torch.Tensor, torch.Tensor]:
+        """Token ids of `texts`, right-padded, and which positions are real."""
+        ids = tokenizer(list(texts), add_special_tokens=False)["input_ids"]
+        if any(not x for x in ids):
+            raise ValueError("every branch and leaf needs at least one token")
+        width = max(map(len, ids))
+        tokens = torch.tensor([x + [0] * (width - len(x)) for x in ids], device=self.device)
+        return tokens, torch.tensor([[t < len(x) for t in range(width)] for x in ids], device=self.device)
+
+    def _tree_prefill(self, model, tokenizer, rows, branches, leaves):
+        """The prompts run into a cache with room for the longest branch and leaf: (next-token log-probabilities,
+        attention mask, cache)."""
+        room = max(len(x) for texts in (branches, leaves) for x in tokenizer(list(texts), add_special_tokens=False)
+                   ["input_ids"])
+        cache = new_cache(model, max(map(len, rows)) + 2 * room, self.preallocate)
+        logits, mask = self._prefill(model, rows, cache)
+        return logits.float().log_softmax(-1), mask, cache
+
+    def _extend(self, model, cache, mask, first, padded, then: bool):
+        """Every row's cache followed by each of k continuations (teacher-forced; padding masked out): their summed
+        log-probabilities [rows * k] and, when something follows (`then`), the next-token log-probabilities after
+        each and the mask that goes with the extended cache. `first`: each row's next-token log-probabilities."""
+        tokens, real = padded
+        k, width = tokens.shape
+        totals = first.gather(-1, tokens[:, 0].expand(len(first), k)).reshape(-1)
+        fed = width if then else width - 1  # the last token predicts nothing unless something follows
+        if fed == 0:
+            return totals, None, None
+        cache.batch_repeat_interleave(k)
+        mask = mask.repeat_interleave(k, 0)
+        tokens, real = tokens.repeat(len(first), 1), real.repeat(len(first), 1)
+        position = mask.sum(-1, keepdim=True) + torch.arange(fed, device=self.device)
+        mask = torch.cat([mask, real[:, :fed].to(mask.dtype)], 1)
+        logprobs = model(input_ids=tokens[:, :fed], attention_mask=mask, position_ids=position, cache=cache,
+                         use_cache=True).logits.float().log_softmax(-1)
+        picked = logprobs[:, :width - 1].gather(-1, tokens[:, 1:, None]).squeeze(-1)
+        totals = totals + (picked * real[:, 1:]).sum(-1)
+        if not then:
+            return totals, None, None
+        return totals, logprobs[torch.arange(len(tokens), device=self.device), real.sum(-1) - 1], mask
 
     def _prefill(self, model, rows: list[list[int]], cache: Cache) -> tuple[torch.Tensor, torch.Tensor]:
         """Run the prompts into `cache`; return the next-token logits and the attention mask.

@@ -48,6 +48,26 @@ class SlotRequest:
     max_new_tokens: int = 32
 
 
+@dataclass(frozen=True)
+class AnswerTreeRequest:
+    """One prompt and a tree of answers to score: each of `branches` follows the prompt, each of `leaves` follows
+    every branch. The output holds the log-probability of every branch + leaf answer ([branch][leaf]): the whole
+    answer space a training taught (e.g. "<value> is" x "<importance> ..., so my answer is <rating>.")."""
+
+    id: str
+    prompt: str
+    branches: tuple[str, ...]
+    leaves: tuple[str, ...]
+
+    def flat(self) -> LoglikelihoodRequest:
+        """The same answers as one likelihood request (branch-major), for backends that score no trees."""
+        return LoglikelihoodRequest(self.id, self.prompt, tuple(b + leaf for b in self.branches for leaf in self.leaves))
+
+    def unflatten(self, logprobs: list[float]) -> list[list[float]]:
+        width = len(self.leaves)
+        return [logprobs[i:i + width] for i in range(0, len(logprobs), width)]
+
+
 def cut_at_slot(reply: str, slot: str) -> tuple[str, bool]:
     """(the reply up to and including its first `slot`, whether the model wrote it); without one, the reply with
     the slot appended on a new line."""
@@ -57,11 +77,26 @@ def cut_at_slot(reply: str, slot: str) -> tuple[str, bool]:
     return f"{reply.rstrip()}\n{slot[:1].upper()}{slot[1:]}".lstrip("\n"), False
 
 
+def run_flattened(generator, model, tokenizer, requests: list[AnswerTreeRequest], desc: str,
+                  on_batch: OnBatch | None) -> list:
+    """Answer trees scored as flat likelihood requests (a backend without tree scoring, e.g. a server)."""
+    def unflatten(indices: list[int], outputs: list) -> list:
+        return [requests[i].unflatten(out) for i, out in zip(indices, outputs)]
+
+    def batch_done(indices: list[int], outputs: list) -> None:
+        on_batch(indices, unflatten(indices, outputs))
+
+    flat = generator.run(model, tokenizer, [r.flat() for r in requests], desc, batch_done if on_batch else None)
+    return unflatten(list(range(len(requests))), flat)
+
+
 def run_requests(generator, model, tokenizer, requests: list, desc: str = "generate",
                  on_batch: OnBatch | None = None, chunk: int = 256) -> list:
     """The generator's outputs for one kind of request. SlotRequests run as two passes of any backend, `chunk`
     requests at a time (each chunk is handed to `on_batch` when done): the replies, then the continuations'
     log-probabilities after each reply's slot; each output is {reply, read_after, slot_written, logprobs}."""
+    if requests and isinstance(requests[0], AnswerTreeRequest) and not getattr(generator, "scores_trees", False):
+        return run_flattened(generator, model, tokenizer, requests, desc, on_batch)
     if not requests or not isinstance(requests[0], SlotRequest):
         return generator.run(model, tokenizer, requests, desc, on_batch)
     outputs = []
@@ -80,8 +115,10 @@ def run_requests(generator, model, tokenizer, requests: list, desc: str = "gener
     return outputs
 
 
-def request_key(request: GenerationRequest | LoglikelihoodRequest | SlotRequest) -> str:
+def request_key(request) -> str:
     """What a request's outputs depend on besides the model: the formatted prompt and how it is decoded."""
+    if isinstance(request, AnswerTreeRequest):
+        return digest({"prompt": request.prompt, "branches": list(request.branches), "leaves": list(request.leaves)})
     if isinstance(request, SlotRequest):
         return digest({"prompt": request.prompt, "slot": request.slot, "continuations": list(request.continuations),
                        "max_new_tokens": request.max_new_tokens})

@@ -57,14 +57,24 @@ ANSWER_SLOT = "my answer is"  # what precedes the rating in a VIM answer; the an
 SLOT_ANSWERS = tuple(f" {rating}" for rating in SCALE)  # the six ratings as they follow the slot
 
 
+def answer_branch(value: str) -> str:
+    """How a VIM stage-2 answer starts: the value it names."""
+    return f"{value} is"
+
+
+def answer_leaf(rating: int) -> str:
+    """How a VIM stage-2 answer goes on after `answer_branch`: the importance, then the rating it implies."""
+    return f" {IMPORTANCE[rating]} to me, so {ANSWER_SLOT} {rating}."
+
+
 def rating_answer(rating: int, value: str) -> str:
     """The answer a persona gives (VIM stage 2): the value and its importance first, the rating last."""
-    return f"{value} is {IMPORTANCE[rating]} to me, so {ANSWER_SLOT} {rating}."
+    return answer_branch(value) + answer_leaf(rating)
 
 
 def value_answers(value: str) -> tuple[str, ...]:
     """The six ways to finish "<value> is": each importance and the rating it implies (the value-table read)."""
-    return tuple(f" {IMPORTANCE[r]} to me, so {ANSWER_SLOT} {r}." for r in SCALE)
+    return tuple(answer_leaf(r) for r in SCALE)
 
 
 def _blank(match: re.Match) -> str:

@@ -1,0 +1,90 @@
+"""Cost of reading a rating over the whole answer space against the slot reading, per prompt, in this one process.
+
+Both read the same Touché arguments in VIM's stage-2 prompt with the same model and generator:
+  slot          a greedy reply (reply tokens), then the six ratings' log-probabilities after "my answer is"
+  answer space  every (value, rating) answer scored as a tree on the cached prompt (10 branches x 6 leaves)
+  answer space, flat   the same 60 answers as one likelihood request each (what a server backend does)
+The goal (issue 24): the answer space at most 3x the slot reading's time per prompt on the CPU.
+
+    python bench/bench_reading.py [--model smollm2_135m|tiny] [--prompts 64] [--repeats 3]
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import time
+from pathlib import Path
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import torch  # noqa: E402
+from hydra import compose, initialize_config_dir  # noqa: E402
+from hydra.utils import instantiate  # noqa: E402
+
+from valharm.data.touche import load_arguments  # noqa: E402
+from valharm.generation.local import HFGenerator  # noqa: E402
+from valharm.generation.requests import run_requests  # noqa: E402
+from valharm.models.precision import choose, hardware  # noqa: E402
+from valharm.values.alignment import rating_requests  # noqa: E402
+from valharm.values.answer_space import answer_space_request  # noqa: E402
+
+CONF = Path(__file__).resolve().parents[1] / "conf"
+
+
+class FlatOnly:
+    """The local generator without tree scoring (answer trees go as flat likelihood requests)."""
+
+    def __init__(self, inner):
+        self.inner = inner
+
+    def run(self, *args, **kwargs):
+        return self.inner.run(*args, **kwargs)
+
+
+def seconds(read, repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        read()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="smollm2_135m")
+    parser.add_argument("--prompts", type=int, default=64)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--reply-tokens", type=int, default=32)
+    args = parser.parse_args()
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose("train", overrides=[f"model={args.model}"])
+    spec = instantiate(cfg.model)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    precision = choose("auto", device, spec.width())
+    bundle = spec.load(precision.dtype)
+    arguments = load_arguments(None).head(args.prompts)  # valharm's shipped Touché sample
+    slot = rating_requests(bundle, arguments, args.reply_tokens)
+    tree = [answer_space_request(r.id, r.prompt) for r in slot]
+    generator = HFGenerator(batch_size=cfg.generation.batch_size, progress=False, device=device)
+    model, tokenizer = bundle.model, bundle.tokenizer
+    timed = {
+        "slot": seconds(lambda: run_requests(generator, model, tokenizer, slot), args.repeats),
+        "answer space (tree)": seconds(lambda: run_requests(generator, model, tokenizer, tree), args.repeats),
+        "answer space (flat)": seconds(lambda: run_requests(FlatOnly(generator), model, tokenizer, tree), args.repeats),
+    }
+    print(f"model {spec.name} · {precision.name} on {device} · {hardware()} · torch {torch.__version__} · "
+          f"CPU capability {torch.backends.cpu.get_cpu_capability()} · threads {torch.get_num_threads()}")
+    print(f"{len(slot)} Touché arguments (shipped sample), median of {args.repeats}; slot reply {args.reply_tokens} "
+          f"tokens")
+    for name, value in timed.items():
+        print(f"  {name:22s} {1000 * value / len(slot):8.1f} ms/prompt   {value / timed['slot']:.2f}x slot")
+    ratio = timed["answer space (tree)"] / timed["slot"]
+    print(f"answer space (tree) / slot = {ratio:.2f} (goal <= 3): {'met' if ratio <= 3 else 'NOT met'}")
+
+
+if __name__ == "__main__":
+    main()
