@@ -19,7 +19,7 @@ import pandas as pd
 
 from valharm.generation.requests import AnswerTreeRequest
 from valharm.values.distributions import VALUES
-from valharm.values.questionnaire import SCALE, answer_branch, answer_leaf
+from valharm.values.questionnaire import SCALE, answer_branch, answer_leaf, argument_statement, rating_prompt
 
 BRANCHES = tuple(answer_branch(v) for v in VALUES)
 LEAVES = tuple(answer_leaf(r) for r in SCALE)
@@ -28,6 +28,12 @@ RATINGS = np.array(list(SCALE), dtype=float)
 
 def answer_space_request(request_id: str, prompt: str) -> AnswerTreeRequest:
     return AnswerTreeRequest(request_id, prompt, BRANCHES, LEAVES)
+
+
+def argument_requests(bundle, arguments: pd.DataFrame, prefix: str = "touche") -> list[AnswerTreeRequest]:
+    """The whole answer space to each argument in VIM's stage-2 prompt (the model's own chat format)."""
+    return [answer_space_request(f"{prefix}/{i}", bundle.format_prompt(rating_prompt(argument_statement(row))))
+            for i, (_, row) in enumerate(arguments.iterrows())]
 
 
 @dataclass(frozen=True)
