@@ -8,6 +8,9 @@ Stage 2 (agreement prediction) teaches the persona to rate statements on the 1-6
   value's* target score, the answer naming the value and its importance first and the rating last.
 - `per_argument` (valharm's earlier variant): one example per argument, rated from the stage-1 score, the
   answer naming the labelled value nearest that score.
+Two controls change the data, not the construction: `shuffle_labels` permutes the label rows across arguments
+(which argument expresses which value is lost), `cue=labels` names each argument's labelled values at the end of
+its premise (which value an argument expresses becomes readable from its text: the positive control).
 Labels are read by column name (the study's reader took them by position, one column off).
 Every run writes the examples it trains on to `stages/<stage>/{train,valid}_examples.jsonl` before training.
 """
@@ -25,7 +28,7 @@ import pandas as pd
 from valharm.aligners import Alignment
 from valharm.values.alignment import AlignmentCheck
 from valharm.values.questionnaire import argument_statement
-from valharm.data.touche import labelled_values
+from valharm.data.touche import CUES, cue_labels, labelled_values
 from valharm.errors import ValharmError
 from valharm.models.loading import LoadedModel, add_lora
 from valharm.values.questionnaire import rating_answer, rating_prompt
@@ -135,13 +138,16 @@ class VIMAligner:
 
     def __init__(self, name: str = "vim", threshold: float = 3.0, seed: int = 42, max_arguments: int | None = None,
                  lora: dict | None = None, training: dict | None = None, score_rule: str = "min",
-                 stage2: str = "per_value", shuffle_labels: bool = False, alignment_check: dict | None = None):
+                 stage2: str = "per_value", shuffle_labels: bool = False, cue: str = "none",
+                 alignment_check: dict | None = None):
         if score_rule not in SCORE_RULES:
             raise ValharmError(f"aligner.score_rule='{score_rule}' is unknown; use one of {', '.join(SCORE_RULES)}")
         if stage2 not in STAGE2_RULES:
             raise ValharmError(f"aligner.stage2='{stage2}' is unknown; use one of {', '.join(STAGE2_RULES)}")
+        if cue not in CUES:
+            raise ValharmError(f"aligner.cue='{cue}' is unknown; use one of {', '.join(CUES)}")
         self.name, self.threshold, self.seed, self.score_rule = name, threshold, seed, score_rule
-        self.stage2, self.shuffle_labels = stage2, shuffle_labels
+        self.stage2, self.shuffle_labels, self.cue = stage2, shuffle_labels, cue
         self.max_arguments = max_arguments
         self.lora = dict(lora or {})
         self.training = {"lr": 2e-5, "epochs": 5, "batch_size": 8, "max_length": 128, "max_length_agreement": 256,
@@ -152,6 +158,8 @@ class VIMAligner:
         """split -> (stage-1 examples, stage-2 examples, unlabelled arguments skipped)."""
         if self.shuffle_labels:
             splits = {name: shuffle_labels(part, self.seed) for name, part in splits.items()}
+        if self.cue == "labels":
+            splits = {name: cue_labels(part) for name, part in splits.items()}
         return {name: build_examples(part, value, self.threshold, self.seed, self.score_rule, self.stage2)
                 for name, part in splits.items()}
 
@@ -165,7 +173,8 @@ class VIMAligner:
         built = self.examples(splits, value)
         metrics = {"arguments": {name: len(part) for name, part in splits.items()},
                    "unlabelled_arguments": sum(b[2] for b in built.values()),
-                   "stage2": self.stage2, "score_rule": self.score_rule, "shuffled_labels": self.shuffle_labels}
+                   "stage2": self.stage2, "score_rule": self.score_rule, "shuffled_labels": self.shuffle_labels,
+                   "cue": self.cue}
         stages = {}
         for index, stage in enumerate(STAGES):  # tokenise both stages up front so bad data fails before training
             train, valid = built["train"][index], built["valid"][index]

@@ -19,6 +19,25 @@ def labelled_values(row: pd.Series) -> list[str]:
     return [v for v in VALUES if int(row[v]) == 1]
 
 
+CUES = ("none", "labels")
+CUE_LEAD = "Values at stake:"
+
+
+def cue_labels(frame: pd.DataFrame) -> pd.DataFrame:
+    """A positive control: each argument's labelled values named in plain words at the end of its premise
+    ("... Values at stake: Power, Security."), so that a learner that reads them can recover every label."""
+    cued = frame.copy()
+    cued["Premise"] = [f"{premise.rstrip()} {CUE_LEAD} {', '.join(labelled_values(row))}."
+                       for premise, (_, row) in zip(frame["Premise"], frame.iterrows())]
+    return cued
+
+
+def labels_from_cue(text: str) -> list[str]:
+    """The values a cued statement names after its last `CUE_LEAD` (the keyword rule the cue is built for)."""
+    named = text.rsplit(CUE_LEAD, 1)[-1] if CUE_LEAD in text else ""
+    return [v for v in VALUES if v in {name.strip(" .") for name in named.split(",")}]
+
+
 def load_arguments(path: str | None = None, hub_id: str | None = None, split: str = "train",
                    level2_map: dict[str, list[str]] | None = None) -> pd.DataFrame:
     """Arguments with Conclusion, Stance, Premise and 10 value columns (0/1), validated.

@@ -1,5 +1,8 @@
 """Does VIM move a model's values, and where does it stop? Four levels, each with a threshold fixed in
-`conf/validate.yaml` before anything runs; the verdict is the first level that fails.
+`conf/validate.yaml` before anything runs; an arm's verdict is the first level that fails. Three arms train the
+same way on different data: the positive control (each argument's labelled values named in its text: which value
+an argument expresses is learnable by construction), the real data, and the shuffled-label control (which value an
+argument expresses is lost). Ratings are read over the whole answer space stage 2 teaches (valharm.values.answer_space).
 
 - M0 (fit): on training arguments, D_t of the run aligned to t minus vanilla's D_t, for both targets.
 - M0b (value table): the answer teacher-forced to "<value> is" for each of the ten values, over held-out
@@ -47,29 +50,37 @@ def pvq_profile(ratings: np.ndarray, item_values: list[str]) -> dict[str, float]
     return frame.groupby("value")["rating"].mean().reindex(list(VALUES)).round(4).to_dict()
 
 
+def blind_profile(target_scores: dict[str, dict[str, float]]) -> dict[str, float]:
+    """The target-blind answer: the mean of the design's distinct targets, the same whatever the target."""
+    distinct = {tuple(scores[v] for v in VALUES) for scores in target_scores.values()}
+    return dict(zip(VALUES, np.mean(list(distinct), axis=0).tolist()))
+
+
 def run_names(value: str) -> tuple[str, str]:
     """The runs aligned to `value`: with true labels, and the shuffled-label control."""
     return snake(value), f"{snake(value)}_shuffled"
 
 
-def level_m0(fit: dict[str, np.ndarray], labels: pd.DataFrame, targets: tuple[str, str], threshold: float) -> dict:
-    """Per target t: D_t(run t) - D_t(vanilla) on training arguments (runs keyed as in `run_names`)."""
+def level_m0(fit: dict[str, np.ndarray], labels: pd.DataFrame, targets: tuple[str, str], threshold: float,
+             suffix: str = "") -> dict:
+    """Per target t: D_t(run t) - D_t(vanilla) on training arguments (runs keyed as in `run_names`, + `suffix`)."""
     rows = {}
     for t in targets:
-        aligned, vanilla = contrast(fit[snake(t)], labels[t] == 1), contrast(fit["vanilla"], labels[t] == 1)
+        aligned, vanilla = contrast(fit[snake(t) + suffix], labels[t] == 1), contrast(fit["vanilla"], labels[t] == 1)
         rows[t] = {"D_aligned": aligned, "D_vanilla": vanilla, "gain": aligned - vanilla}
     return {"targets": rows, "threshold": threshold, "pass": all(r["gain"] >= threshold for r in rows.values())}
 
 
 def level_m0b(tables: dict[str, dict[str, float]], target_scores: dict[str, dict[str, float]],
-              threshold: float) -> dict:
-    """NMSE of each run's value table against its target (vanilla's against each target, for reference)."""
+              threshold: float, judged: list[str]) -> dict:
+    """NMSE of each run's value table against its target, beside vanilla's and the target-blind null's (the mean
+    of the design's targets, answered whatever the target)."""
+    null = blind_profile(target_scores)
     rows = {run: {"table": tables[run], "nmse": nmse(tables[run], target_scores[run]),
-                  "vanilla_nmse": nmse(tables["vanilla"], target_scores[run])}
-            for run in target_scores}
-    aligned = [run for run in target_scores if not run.endswith("_shuffled")]
+                  "vanilla_nmse": nmse(tables["vanilla"], target_scores[run]), "null_nmse": nmse(null, target_scores[run])}
+            for run in target_scores if run in tables}
     return {"runs": rows, "vanilla_table": tables["vanilla"], "threshold": threshold,
-            "pass": all(rows[run]["nmse"] <= threshold for run in aligned)}
+            "judged": judged, "pass": all(rows[run]["nmse"] <= threshold for run in judged)}
 
 
 def crossover_summary(a: np.ndarray, b: np.ndarray, labelled_a: np.ndarray, labelled_b: np.ndarray,
@@ -79,12 +90,16 @@ def crossover_summary(a: np.ndarray, b: np.ndarray, labelled_a: np.ndarray, labe
 
 
 def level_m1(test: dict[str, np.ndarray], labels: pd.DataFrame, targets: tuple[str, str], threshold: float,
-             control_margin: float, resamples: int, seed: int) -> dict:
+             control_margin: float, resamples: int, seed: int, suffix: str = "",
+             control_test: dict[str, np.ndarray] | None = None) -> dict:
+    """CC of the runs aligned to a and b (+ `suffix`) on test arguments, and the shuffled-label runs' CC (read on
+    `control_test`, the real arguments, when the arm reads others) within a margin of 0."""
     a, b = targets
     (run_a, control_a), (run_b, control_b) = run_names(a), run_names(b)
     la, lb = (labels[a] == 1).to_numpy(), (labels[b] == 1).to_numpy()
-    main = crossover_summary(test[run_a], test[run_b], la, lb, resamples, seed)
-    control = crossover_summary(test[control_a], test[control_b], la, lb, resamples, seed)
+    main = crossover_summary(test[run_a + suffix], test[run_b + suffix], la, lb, resamples, seed)
+    control_test = control_test or test
+    control = crossover_summary(control_test[control_a], control_test[control_b], la, lb, resamples, seed)
     contrasts = {run: {t: contrast(r, labels[t] == 1) for t in targets} for run, r in test.items()}
     control_ok = abs(control["cc"]) <= control_margin  # vanilla's CC with itself is 0
     passed = main["cc"] >= threshold and main["ci95"][0] > 0 and control_ok
@@ -95,10 +110,10 @@ def level_m1(test: dict[str, np.ndarray], labels: pd.DataFrame, targets: tuple[s
 
 
 def level_m2(pvq: dict[str, np.ndarray], item_values: list[str], targets: tuple[str, str], threshold: float,
-             resamples: int, seed: int) -> dict:
+             resamples: int, seed: int, suffix: str = "") -> dict:
     a, b = targets
     values = np.array(item_values)
-    main = crossover_summary(pvq[snake(a)], pvq[snake(b)], values == a, values == b, resamples, seed)
+    main = crossover_summary(pvq[snake(a) + suffix], pvq[snake(b) + suffix], values == a, values == b, resamples, seed)
     profiles = {run: pvq_profile(r, item_values) for run, r in pvq.items()}
     ranks = {run: {t: profile_rank(profiles[run], t) for t in targets} for run in pvq}
     passed = main["cc"] >= threshold and main["ci95"][0] > 0
@@ -114,47 +129,15 @@ def verdict(levels: dict[str, dict]) -> dict:
     return {"fails_at": None, "meaning": "every level passed: alignment moves the values, up to the questionnaire"}
 
 
-def fmt(x, digits: int = 3) -> str:
-    return "n/a" if x is None or (isinstance(x, float) and np.isnan(x)) else f"{x:+.{digits}f}"
-
-
-def report(result: dict) -> str:
-    """The verdict table and each level's numbers, as markdown."""
-    levels, (a, b) = result["levels"], result["targets"]
-    m0, m0b, m1, m2 = (levels[k] for k in LEVELS)
-    ok = {True: "pass", False: "**fail**"}
-    lines = [
-        "| level | measure | value | threshold | result |", "|---|---|---|---|---|",
-        *(f"| M0 fit | D_{t}(run {t}) − D_{t}(vanilla), training arguments | {fmt(r['gain'])} | ≥ {m0['threshold']} | "
-          f"{ok[r['gain'] >= m0['threshold']]} |" for t, r in m0["targets"].items()),
-        *(f"| M0b value table | NMSE of run {run}'s table vs its target (vanilla: {m0b['runs'][run]['vanilla_nmse']:.3f}) | "
-          f"{r['nmse']:.3f} | ≤ {m0b['threshold']} | "
-          f"{ok[r['nmse'] <= m0b['threshold']] if not run.endswith('_shuffled') else 'control'} |"
-          for run, r in m0b["runs"].items()),
-        f"| M1 generalisation | CC({a}, {b}), {m1['arguments']} test arguments [95% CI] | {fmt(m1['crossover']['cc'])} "
-        f"[{fmt(m1['crossover']['ci95'][0])}, {fmt(m1['crossover']['ci95'][1])}] | ≥ {m1['threshold']}, CI > 0 | "
-        f"{ok[m1['crossover']['cc'] >= m1['threshold'] and m1['crossover']['ci95'][0] > 0]} |",
-        f"| M1 control | CC of the shuffled-label runs [95% CI] | {fmt(m1['control']['cc'])} "
-        f"[{fmt(m1['control']['ci95'][0])}, {fmt(m1['control']['ci95'][1])}] | within ±{m1['control_margin']} of 0 | "
-        f"{ok[m1['control']['within_margin']]} |",
-        f"| M2 questionnaire | CC({a}, {b}), PVQ-40 items [95% CI] | {fmt(m2['crossover']['cc'])} "
-        f"[{fmt(m2['crossover']['ci95'][0])}, {fmt(m2['crossover']['ci95'][1])}] | ≥ {m2['threshold']}, CI > 0 | "
-        f"{ok[m2['pass']]} |",
-        "", f"**Verdict:** {'fails at ' + result['verdict']['fails_at'] + ' — ' if result['verdict']['fails_at'] else ''}"
-            f"{result['verdict']['meaning']}.", "",
-        "Contrasts D (mean rating of the value's arguments/items minus the rest) per run:", "",
-        f"| run | M0 D_{a} | M0 D_{b} | M1 D_{a} | M1 D_{b} | M2 rank of {a} | M2 rank of {b} | mean test rating |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
-    for run, d in m1["contrasts"].items():
-        fit = result["fit_contrasts"].get(run, {})
-        ranks = m2["target_ranks"][run]
-        lines.append(f"| {run} | {fmt(fit.get(a))} | {fmt(fit.get(b))} | {fmt(d[a])} | {fmt(d[b])} | {ranks[a]:g} | "
-                     f"{ranks[b]:g} | {result['mean_test_rating'][run]:.2f} |")
-    lines += ["", "Value tables (M0b: expected rating after \"<value> is\", mean over contexts):", "",
-              "| run | " + " | ".join(v[:4] for v in VALUES) + " | NMSE |", "|---|" + "---|" * (len(VALUES) + 1)]
-    tables = {"vanilla": (m0b["vanilla_table"], None), **{run: (r["table"], r["nmse"]) for run, r in m0b["runs"].items()}}
-    for run, (table, error) in tables.items():
-        lines.append(f"| {run} | " + " | ".join(f"{table[v]:.2f}" for v in VALUES) +
-                     f" | {'' if error is None else f'{error:.3f}'} |")
-    return "\n".join(lines) + "\n"
+def pvq_nmse(profiles: dict[str, dict[str, float]], target_scores: dict[str, dict[str, float]]) -> dict:
+    """Each run's PVQ-40 NMSE against its target beside the untuned model's, the target-blind null's and the skill
+    1 - NMSE / NMSE(untuned); references (vanilla, ICL) against each target they are compared with."""
+    null = blind_profile(target_scores)
+    rows = {}
+    for run, target in target_scores.items():
+        if run not in profiles:
+            continue
+        found, base = nmse(profiles[run], target), nmse(profiles["vanilla"], target)
+        rows[run] = {"nmse": found, "untuned_nmse": base, "null_nmse": nmse(null, target),
+                     "skill": 1 - found / base if base else None}
+    return rows

@@ -1,0 +1,160 @@
+"""The validation's numbers from every run's outputs, and its verdict table: three arms (positive control, real
+data, shuffled labels) and two references (the untuned model, ICL), each with value recognition against the
+label-frequency baseline and the untuned model, and every NMSE beside its null."""
+from __future__ import annotations
+
+import numpy as np
+
+from valharm.values import answer_space as A
+from valharm.values import validation as V
+from valharm.values.alignment import value_contrasts
+from valharm.values.distributions import VALUES, extreme, snake
+
+ARM_NAMES = {"_cued": "positive control (labels cued)", "": "real data", "_shuffled": "shuffled labels (control)"}
+READ_ON = {"fit": "fit", "test": "test", "fit_cued": "fit", "test_cued": "test"}  # reading set -> arguments
+
+
+def recognitions(outputs: dict, parts: dict) -> dict:
+    """Per run and reading set of arguments: value recognition, with the label-frequency baseline of the training
+    arguments (cued sets carry the same labels)."""
+    found = {}
+    for run, sets in outputs.items():
+        found[run] = {name: A.recognition(A.read(sets[name]), parts[READ_ON[name]])
+                      for name in READ_ON if name in sets}
+    found["frequency_baseline"] = {name: A.frequency_baseline(parts["train"], parts[name]) for name in ("fit", "test")}
+    return found
+
+
+def arm_levels(cfg, ratings: dict, tables: dict, pvq: dict, parts: dict, items, targets, suffix: str) -> dict:
+    """M0, M0b, M1, M2 of one trained arm (positive control or real data)."""
+    t, fit, test = cfg.thresholds, f"fit{suffix}", f"test{suffix}"
+    scores = {snake(x) + suffix: extreme(x).as_dict() for x in targets}
+    fit_ratings = {run: r[fit] for run, r in ratings.items() if fit in r}
+    test_ratings = {run: r[test] for run, r in ratings.items() if test in r}
+    control = {run: r["test"] for run, r in ratings.items() if run.endswith("_shuffled")}
+    return {
+        "M0": V.level_m0(fit_ratings, parts["fit"], targets, t.m0, suffix),
+        "M0b": V.level_m0b(tables, scores, t.m0b, judged=list(scores)),
+        "M1": V.level_m1(test_ratings, parts["test"], targets, t.m1, t.control, cfg.resamples, cfg.seed, suffix,
+                         control_test=control),
+        "M2": V.level_m2(pvq, items["value"].tolist(), targets, t.m2, cfg.resamples, cfg.seed, suffix),
+    }
+
+
+def reference_crossovers(cfg, ratings: dict, pvq: dict, parts: dict, items, targets) -> dict:
+    """The crossover of the shuffled-label runs and of the ICL runs, on test arguments and PVQ-40 items."""
+    a, b = targets
+    values = np.array(items["value"].tolist())
+    found = {}
+    for name, (run_a, run_b) in {"shuffled": (f"{snake(a)}_shuffled", f"{snake(b)}_shuffled"),
+                                 "icl": (f"icl_{snake(a)}", f"icl_{snake(b)}")}.items():
+        la, lb = (parts["test"][a] == 1).to_numpy(), (parts["test"][b] == 1).to_numpy()
+        found[name] = {
+            "test": V.crossover_summary(ratings[run_a]["test"], ratings[run_b]["test"], la, lb, cfg.resamples, cfg.seed),
+            "pvq": V.crossover_summary(pvq[run_a], pvq[run_b], values == a, values == b, cfg.resamples, cfg.seed)}
+    return found
+
+
+def measure(cfg, outputs: dict, parts: dict, items, targets: tuple[str, str]) -> dict:
+    """Every arm's levels and verdict, the references, recognition and the NMSEs with their nulls."""
+    ratings = {run: {name: A.expected_ratings(A.read(o)) for name, o in sets.items() if name not in ("table",)}
+               for run, sets in outputs.items()}
+    tables = {run: V.value_table(o["table"], len(parts["contexts"])) for run, o in outputs.items() if "table" in o}
+    pvq = {run: r["pvq"] for run, r in ratings.items()}
+    profiles = {run: V.pvq_profile(r, items["value"].tolist()) for run, r in pvq.items()}
+    arms = {suffix: arm_levels(cfg, ratings, tables, pvq, parts, items, targets, suffix) for suffix in ("_cued", "")}
+    targets_of = {run: extreme(run.removeprefix("icl_").removesuffix(suffix)).as_dict()
+                  for run in outputs if run != "vanilla" for suffix in ("_cued", "_shuffled", "")
+                  if run.endswith(suffix) and run.removeprefix("icl_").removesuffix(suffix) in map(snake, targets)}
+    return {"targets": list(targets), "reading": "answer_space",
+            "arms": {ARM_NAMES[s]: {"levels": levels, "verdict": V.verdict(levels)} for s, levels in arms.items()},
+            "levels": arms[""], "verdict": V.verdict(arms[""]),
+            "references": reference_crossovers(cfg, ratings, pvq, parts, items, targets),
+            "recognition": recognitions(outputs, parts),
+            "pvq_nmse": V.pvq_nmse(profiles, targets_of), "pvq_profiles": profiles,
+            "fit_contrasts": {run: value_contrasts(r["fit"], parts["fit"]) for run, r in ratings.items() if "fit" in r},
+            "mean_test_rating": {run: float(r["test"].mean()) for run, r in ratings.items() if "test" in r},
+            "value_named": {run: A.summary(A.read(o["test"]), parts["test"], parts["train"])["value_named"]
+                            for run, o in outputs.items() if "test" in o},
+            "arguments": {k: len(v) for k, v in parts.items()}}
+
+
+def fmt(x, digits: int = 3) -> str:
+    return "n/a" if x is None or (isinstance(x, float) and np.isnan(x)) else f"{x:+.{digits}f}"
+
+
+def cc(summary: dict) -> str:
+    return f"{fmt(summary['cc'])} [{fmt(summary['ci95'][0])}, {fmt(summary['ci95'][1])}]"
+
+
+def arm_row(name: str, levels: dict, verdict: dict, recognition: dict, suffix: str, targets) -> str:
+    ok = {True: "pass", False: "**fail**"}
+    gains = " / ".join(fmt(r["gain"]) for r in levels["M0"]["targets"].values())
+    m0b = " / ".join(f"{levels['M0b']['runs'][snake(t) + suffix]['nmse']:.3f}" for t in targets)
+    rec = " / ".join(f"{recognition[snake(t) + suffix][f'fit{suffix}']:.3f}" for t in targets)
+    test = " / ".join(f"{recognition[snake(t) + suffix][f'test{suffix}']:.3f}" for t in targets)
+    return (f"| {name} | {gains} {ok[levels['M0']['pass']]} | {m0b} {ok[levels['M0b']['pass']]} | "
+            f"{cc(levels['M1']['crossover'])} {ok[levels['M1']['pass']]} | {cc(levels['M2']['crossover'])} "
+            f"{ok[levels['M2']['pass']]} | {rec} | {test} | {verdict['fails_at'] or 'passes every level'} |")
+
+
+def verdict_table(result: dict) -> list[str]:
+    a, b = result["targets"]
+    rec = result["recognition"]
+    refs, base = result["references"], rec["frequency_baseline"]
+    lines = [f"| arm | M0 gain {a} / {b} | M0b NMSE {a} / {b} | M1 CC [95% CI] | M2 CC [95% CI] | recognition fit "
+             f"{a} / {b} | recognition test {a} / {b} | verdict |", "|---|---|---|---|---|---|---|---|"]
+    for suffix, name in (("_cued", "positive control (labels cued)"), ("", "real data")):
+        arm = result["arms"][name]
+        lines.append(arm_row(name, arm["levels"], arm["verdict"], rec, suffix, (a, b)))
+    control = result["arms"]["real data"]["levels"]["M1"]["control"]
+    shuffled = " / ".join(f"{rec[snake(t) + '_shuffled']['test']:.3f}" for t in (a, b))
+    lines.append(f"| shuffled labels (control) | n/a | n/a | {cc(control)} (abs(CC) ≤ "
+                 f"{result['arms']['real data']['levels']['M1']['control_margin']}: "
+                 f"{'pass' if control['within_margin'] else '**fail**'}) | {cc(refs['shuffled']['pvq'])} | n/a | "
+                 f"{shuffled} | control |")
+    icl = " / ".join(f"{rec['icl_' + snake(t)]['test']:.3f}" for t in (a, b))
+    lines.append(f"| ICL (reference, no training) | n/a | n/a | {cc(refs['icl']['test'])} | {cc(refs['icl']['pvq'])} | "
+                 f"n/a | {icl} | reference |")
+    lines.append(f"| untuned (reference) | 0 | n/a | 0 | 0 | {rec['vanilla']['fit']:.3f} (cued "
+                 f"{rec['vanilla']['fit_cued']:.3f}) | {rec['vanilla']['test']:.3f} (cued "
+                 f"{rec['vanilla']['test_cued']:.3f}) | reference |")
+    lines.append(f"| label-frequency baseline | | | | | {base['fit']:.3f} | {base['test']:.3f} | |")
+    return lines
+
+
+def report(result: dict) -> str:
+    """The verdict table, the NMSEs with their nulls, contrasts and value tables, as markdown."""
+    a, b = result["targets"]
+    real = result["arms"]["real data"]
+    control = result["arms"]["positive control (labels cued)"]
+    lines = ["Reading: the whole answer space stage 2 teaches (10 values x 6 ratings, normalised); a rating is its "
+             "expectation over every answer.", "", *verdict_table(result), "",
+             f"**Verdict (real data):** {'fails at ' + real['verdict']['fails_at'] + ' — ' if real['verdict']['fails_at'] else ''}"
+             f"{real['verdict']['meaning']}.",
+             f"**Positive control:** {'fails at ' + control['verdict']['fails_at'] + ' — ' if control['verdict']['fails_at'] else ''}"
+             f"{control['verdict']['meaning']}.", "",
+             "PVQ-40 NMSE against each run's target, beside the untuned model's, the target-blind null's (the mean of "
+             "the design's targets) and the skill 1 − NMSE/NMSE(untuned):", "",
+             "| run | NMSE | untuned | null | skill |", "|---|---|---|---|---|"]
+    lines += [f"| {run} | {r['nmse']:.3f} | {r['untuned_nmse']:.3f} | {r['null_nmse']:.3f} | {fmt(r['skill'])} |"
+              for run, r in result["pvq_nmse"].items()]
+    lines += ["", "Contrasts D (mean rating of the value's arguments minus the rest) on the M0 training arguments:", "",
+              f"| run | D_{a} | D_{b} | mean test rating | P({a} named), test | P({b} named), test |",
+              "|---|---|---|---|---|---|"]
+    for run, d in result["fit_contrasts"].items():
+        named = result["value_named"].get(run, {})
+        lines.append(f"| {run} | {fmt(d[a])} | {fmt(d[b])} | {result['mean_test_rating'].get(run, float('nan')):.2f} | "
+                     f"{named.get(a, float('nan')):.3f} | {named.get(b, float('nan')):.3f} |")
+    m0b = real["levels"]["M0b"]
+    lines += ["", "Value tables (M0b: expected rating after \"<value> is\", mean over contexts):", "",
+              "| run | " + " | ".join(v[:4] for v in VALUES) + " | NMSE | null |", "|---|" + "---|" * (len(VALUES) + 2)]
+    tables = {"vanilla": (m0b["vanilla_table"], None, None), **{run: (r["table"], r["nmse"], r["null_nmse"])
+                                                                  for run, r in m0b["runs"].items()}}
+    for arm in ("positive control (labels cued)",):
+        tables |= {run: (r["table"], r["nmse"], r["null_nmse"])
+                   for run, r in result["arms"][arm]["levels"]["M0b"]["runs"].items()}
+    for run, (table, error, null) in tables.items():
+        lines.append(f"| {run} | " + " | ".join(f"{table[v]:.2f}" for v in VALUES) +
+                     f" | {'' if error is None else f'{error:.3f}'} | {'' if null is None else f'{null:.3f}'} |")
+    return "\n".join(lines) + "\n"
