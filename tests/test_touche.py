@@ -76,3 +76,16 @@ def test_pre_split_files_are_read_as_given(shared_data):
     assert [len(parts[n]) for n in ("train", "valid", "test")] == [5899, 738, 737]
     with pytest.raises(ValharmError, match="lacks test"):
         load_splits(splits={"train": files["train"], "valid": files["valid"]})
+
+
+def test_the_cue_names_every_label_and_leaves_the_real_arguments_as_they_are(shared_data):
+    from valharm.data.touche import cue_labels, labelled_values, labels_from_cue
+    from valharm.values.questionnaire import argument_statement
+
+    arguments = load_splits(shared_data / "valueEval_10.csv")["train"]
+    before = arguments.copy()
+    cued = cue_labels(arguments)
+    recovered = [labels_from_cue(argument_statement(row)) == labelled_values(row) for _, row in cued.iterrows()]
+    assert sum(recovered) == len(arguments)  # the keyword rule's ceiling is 1.0
+    assert arguments.equals(before)  # the real arm is unchanged
+    assert not any(labels_from_cue(argument_statement(row)) for _, row in arguments.head(200).iterrows())

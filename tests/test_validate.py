@@ -6,8 +6,10 @@ import pytest
 from conftest import ROOT, run_cli
 from valharm.values.validation import LEVELS
 
-SMALL = ["model=tiny", "train_arguments=24", "valid_arguments=8", "fit_arguments=16", "test_arguments=40",
-         "table_contexts=2", "resamples=200", "trainer.enable_progress_bar=false"]
+SMALL = ["model=tiny", "train_arguments=24", "valid_arguments=8", "fit_arguments=12", "test_arguments=24",
+         "table_contexts=1", "resamples=200", "trainer.enable_progress_bar=false"]
+RUNS = {"vanilla", "icl_power", "icl_universalism", "power", "universalism", "power_shuffled", "universalism_shuffled",
+        "power_cued", "universalism_cued"}
 
 
 @pytest.mark.slow
@@ -18,14 +20,27 @@ def test_validate_writes_every_level_and_a_verdict_and_resumes(shared_data, tmp_
     assert out.returncode == 0, out.stderr[-3000:]
     result = json.loads((run_dir / "validation.json").read_text())
     assert set(result["levels"]) == set(LEVELS) and result["targets"] == ["Power", "Universalism"]
-    assert result["arguments"] == {"train": 24, "valid": 8, "test": 40, "fit": 16, "contexts": 2}
+    assert result["reading"] == "answer_space"
+    assert result["arguments"] == {"train": 24, "valid": 8, "test": 24, "fit": 12, "contexts": 1}
+    assert set(result["arms"]) == {"positive control (labels cued)", "real data"}
+    for arm in result["arms"].values():
+        assert set(arm["levels"]) == set(LEVELS) and arm["verdict"]["fails_at"] in (*LEVELS, None)
     m1 = result["levels"]["M1"]
-    assert m1["arguments"] == 40 and m1["crossover"]["ci95"][0] <= m1["crossover"]["ci95"][1]
-    assert set(m1["contrasts"]) == {"vanilla", "power", "universalism", "power_shuffled", "universalism_shuffled"}
-    assert result["verdict"]["fails_at"] in (*LEVELS, None)
+    assert m1["arguments"] == 24 and m1["crossover"]["ci95"][0] <= m1["crossover"]["ci95"][1]
+    assert set(result["recognition"]) == RUNS | {"frequency_baseline"}
+    assert set(result["recognition"]["vanilla"]) == {"fit", "test", "fit_cued", "test_cued"}
+    assert all(0 <= r <= 1 for sets in result["recognition"].values() for r in sets.values())
+    nmse = result["pvq_nmse"]["power"]
+    assert nmse["skill"] == pytest.approx(1 - nmse["nmse"] / nmse["untuned_nmse"]) and nmse["null_nmse"] > 0
     verdict = (run_dir / "verdict.md").read_text()
-    assert "**Verdict:**" in verdict and "M1 control" in verdict
-    for run in ("power", "power_shuffled"):
+    for row in ("| positive control (labels cued) |", "| real data |", "| shuffled labels (control) |",
+                "| ICL (reference, no training) |", "| untuned (reference) |", "| label-frequency baseline |"):
+        assert row in verdict
+    assert "**Verdict (real data):**" in verdict and "**Positive control:**" in verdict
+    cued = [json.loads(line) for line in
+            (run_dir / "power_cued" / "stages" / "agreement_prediction" / "train_examples.jsonl").open()]
+    assert result["training"]["power_cued"]["cue"] == "labels" and "Values at stake:" in cued[0]["prompt"]
+    for run in ("power", "power_shuffled", "power_cued"):
         assert (run_dir / run / "stages" / "agreement_prediction" / "stage.json").is_file()
     shuffled = [json.loads(line) for line in
                 (run_dir / "power_shuffled" / "stages" / "agreement_prediction" / "train_examples.jsonl").open()]

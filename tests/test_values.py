@@ -183,3 +183,10 @@ def test_cli_extremes_and_missing_ess(tmp_path):
     out = run_cli("valharm.values.distributions", "list", "--source", "ess", cwd=tmp_path, env={"VALHARM_DATA_DIR": str(tmp_path)})
     assert out.returncode == 2
     assert "ESS file not found" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_the_target_blind_null_of_the_studys_distributions(shared_data, capsys):
+    V.main(["null", "--source", "all", "--ess-path", str(shared_data / "ess_distribution.csv"), "--coding", "paper"])
+    # issue 24: one mean profile for all 154 scores 0.0607 (the study reports VIM 0.0759, ICL 0.1079); "2" 0.0619
+    assert "154 distributions (all, paper coding): NMSE of their mean profile 0.0607; of answering 2 to every " \
+           "item 0.0619" in capsys.readouterr().out

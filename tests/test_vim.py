@@ -155,6 +155,23 @@ def test_shuffled_labels_keep_each_value_count_and_break_the_pairing():
     assert (shuffled["Premise"] == frame["Premise"]).all()
 
 
+def test_the_cued_arm_names_the_labels_in_every_prompt_and_the_real_arm_does_not():
+    from valharm.aligners.vim import VIMAligner
+    from valharm.errors import ValharmError
+
+    frame = pd.DataFrame([row(Power=1, Security=1), row(Universalism=1)] * 3)
+    splits = {"train": frame, "valid": frame, "test": frame}
+    cued = VIMAligner(cue="labels").examples(splits, extreme("power"))["train"][1]
+    real = VIMAligner().examples(splits, extreme("power"))["train"][1]
+    assert cued[0].prompt.endswith('Values at stake: Power, Security."\nHow much is this person like you? Reply with '
+                                   'only one number from 1 to 6 (1 = not like me at all, 2 = not like me, 3 = a little '
+                                   'like me, 4 = somewhat like me, 5 = like me, 6 = very much like me).')
+    assert [e.response for e in cued] == [e.response for e in real]  # same answers, only the statement differs
+    assert not any("Values at stake" in e.prompt for e in real)
+    with pytest.raises(ValharmError, match="aligner.cue='words' is unknown"):
+        VIMAligner(cue="words")
+
+
 @pytest.mark.slow
 def test_a_vim_run_writes_the_examples_it_trains_on_and_checks_its_alignment(shared_data, tmp_path):
     """The acceptance command, training cut short: both stages' example files hold the study's construction

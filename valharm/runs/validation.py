@@ -31,7 +31,7 @@ from valharm.values.verdict import measure, report
 
 log = logging.getLogger("valharm")
 ARMS = {"": {}, "_shuffled": {"shuffle_labels": True}, "_cued": {"cue": "labels"}}  # run suffix -> aligner settings
-SETS = {"": ("fit", "test", "table", "pvq"), "_shuffled": ("test", "table", "pvq"),
+SETS = {"": ("fit", "test", "table", "pvq"), "_shuffled": ("test", "table"),
         "_cued": ("fit_cued", "test_cued", "table", "pvq")}
 
 

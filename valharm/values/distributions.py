@@ -267,29 +267,46 @@ def nmse_scored(predicted: Mapping[str, float], target: Mapping[str, float]) -> 
 
 # --- CLI --------------------------------------------------------------------------------------
 
-def _list(args) -> None:
+def _distributions(args) -> list[ValueDistribution]:
     rows = []
     if args.source in ("extreme", "all"):
         rows += [extreme(name) for name in EXTREMES]
     if args.source in ("ess", "all"):
         rows += realistic_all(args.ess_path, args.coding, args.k)
+    return rows
+
+
+def _list(args) -> None:
+    rows = _distributions(args)
     table = pd.DataFrame([{"name": d.name, "anchor": d.anchor, "rank": d.rank, **d.as_dict()} for d in rows])
     table.to_csv(sys.stdout, index=False)
+
+
+def _null(args) -> None:
+    """The target-blind null: answering the mean profile of the chosen distributions for every one of them."""
+    rows = _distributions(args)
+    mean = dict(zip(VALUES, np.mean([[d.as_dict()[v] for v in VALUES] for d in rows], axis=0)))
+    flat2 = dict.fromkeys(VALUES, 2.0)
+    print(f"{len(rows)} distributions ({args.source}, {args.coding} coding): NMSE of their mean profile "
+          f"{np.mean([nmse(mean, d.as_dict()) for d in rows]):.4f}; of answering 2 to every item "
+          f"{np.mean([nmse(flat2, d.as_dict()) for d in rows]):.4f}")
 
 
 @report_errors
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m valharm.values", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    lister = sub.add_parser("list", help="print value distributions as CSV")
-    lister.add_argument("--source", choices=("extreme", "ess", "all"), default="extreme")
-    lister.add_argument("--ess-path", default=None, help=f"ESS file (default: {default_ess_path()})")
-    lister.add_argument("--coding", choices=CODINGS, default="importance")
-    lister.add_argument("--k", type=int, default=10, help="respondents per extreme")
+    for name, text in (("list", "print value distributions as CSV"),
+                       ("null", "print the target-blind NMSE null of the distributions (their mean profile)")):
+        command = sub.add_parser(name, help=text)
+        command.add_argument("--source", choices=("extreme", "ess", "all"), default="extreme")
+        command.add_argument("--ess-path", default=None, help=f"ESS file (default: {default_ess_path()})")
+        command.add_argument("--coding", choices=CODINGS, default="importance")
+        command.add_argument("--k", type=int, default=10, help="respondents per extreme")
     args = parser.parse_args(argv)
     if args.k < 1:
         raise ValharmError("--k must be at least 1")
-    _list(args)
+    (_list if args.command == "list" else _null)(args)
 
 
 if __name__ == "__main__":
