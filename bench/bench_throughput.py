@@ -39,7 +39,7 @@ from valharm.generation.local import HFGenerator  # noqa: E402
 from valharm.models.loading import add_lora  # noqa: E402
 from valharm.models.precision import choose, hardware  # noqa: E402
 from valharm.prompting import Prompter, PromptStrategy  # noqa: E402
-from valharm.models.training import LoRACausalLM, response_loss
+from valharm.models.training import LoRACausalLM, response_loss  # noqa: E402
 from valharm.models.batches import SupervisedDataModule  # noqa: E402
 from valharm.values.distributions import extreme  # noqa: E402
 

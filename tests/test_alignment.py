@@ -87,8 +87,8 @@ def test_alignment_check_shows_the_shift_of_an_adapter_planted_to_rate_power_arg
 
     from valharm.aligners.vim import rated_example
     from valharm.generation.local import HFGenerator
-    from valharm.models.loading import add_lora
     from valharm.models.batches import SupervisedDataModule
+    from valharm.models.loading import add_lora
     from valharm.models.training import response_loss
 
     def row(i, power):

@@ -4,10 +4,10 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import ROOT, run_cli
 from omegaconf import OmegaConf
 from scipy import stats
 
-from conftest import ROOT, run_cli
 from valharm.analysis.fidelity import identical_vectors, nmse
 from valharm.analysis.pipeline import analyze
 from valharm.analysis.resampling import design_permutations, weighted_pearson, weighted_ranks

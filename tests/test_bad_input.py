@@ -8,7 +8,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from conftest import ROOT
 
 OPTIONAL = ("holisticbiasr", "hexphi", "beavertails")
@@ -181,9 +180,9 @@ def test_a_results_file_of_another_schema_is_refused(finished, tmp_path):
 
 
 def test_a_bom_at_the_start_of_a_file_is_read_as_text():
-    from valharm.data import read_table
-
     import tempfile
+
+    from valharm.data import read_table
 
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / "pvq.csv"

@@ -124,8 +124,13 @@ def test_pvq_slot_mode_is_the_default_and_reads_the_rating_after_the_reason(tiny
 
 def test_slot_requests_read_the_rating_where_the_reply_puts_it(tiny_bundle):
     from valharm.generation.local import HFGenerator
-    from valharm.generation.requests import (GenerationRequest, LoglikelihoodRequest, SlotRequest, cut_at_slot,
-                                             run_requests)
+    from valharm.generation.requests import (
+        GenerationRequest,
+        LoglikelihoodRequest,
+        SlotRequest,
+        cut_at_slot,
+        run_requests,
+    )
 
     assert cut_at_slot("Power is important to me, so My Answer is 5.", "my answer is") == \
         ("Power is important to me, so My Answer is", True)

@@ -4,12 +4,12 @@ import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-from valharm.generation.requests import GenerationRequest
 from valharm.generation.local import HFGenerator
+from valharm.generation.requests import GenerationRequest
+from valharm.models.batches import Example, encode
 from valharm.models.loading import LoadedModel, encode_prompts, prepare_tokenizer
 from valharm.prompting import Prompter, PromptStrategy
 from valharm.values.distributions import extreme
-from valharm.models.batches import Example, encode
 
 WORDS = ["Hello", "world", "###", "Instruction:", "Response:", "Say", "hi."]
 

@@ -2,10 +2,10 @@
 from pathlib import Path
 
 import pytest
+from conftest import ROOT
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
-from conftest import ROOT
 from valharm.values.distributions import VALUES
 
 CONF = ROOT / "conf"

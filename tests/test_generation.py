@@ -3,8 +3,8 @@ import pytest
 import torch
 from transformers.generation.logits_process import TemperatureLogitsWarper, TopPLogitsWarper
 
-from valharm.generation.requests import GenerationRequest
 from valharm.generation.local import HFGenerator
+from valharm.generation.requests import GenerationRequest
 from valharm.generation.sampler import nucleus
 from valharm.prompting import Prompter, PromptStrategy
 from valharm.values.distributions import extreme

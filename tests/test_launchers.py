@@ -9,7 +9,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import run_cli
 
 from valharm.runs.processes import usable_cores
@@ -191,9 +190,8 @@ def test_training_state_of_another_config_or_a_finished_run_is_not_resumed(tmp_p
 
 
 def test_the_slurm_preset_composes_on_submitit_and_everything_is_overridable():
-    from hydra import compose, initialize_config_dir
-
     from conftest import ROOT
+    from hydra import compose, initialize_config_dir
 
     overrides = ["hydra/launcher=slurm", "hydra.launcher.partition=gpu", "hydra.launcher.gpus_per_node=4",
                  "hydra.launcher.tasks_per_node=4", "hydra.launcher.timeout_min=30", "hydra.launcher.mem_gb=200",

@@ -3,10 +3,10 @@ import pytest
 import torch
 from hydra.utils import instantiate
 
-from valharm.models import precision
 from valharm.errors import ValharmError
-from valharm.models.loading import add_lora
+from valharm.models import precision
 from valharm.models.batches import Example, SupervisedDataModule, collate
+from valharm.models.loading import add_lora
 from valharm.models.training import fit_adapter
 
 AVX2 = {"avx2": True, "avx512_bf16": False, "amx_bf16": False}

@@ -1,7 +1,6 @@
 """Nothing stale, nothing lost: corrupt caches, failing services, interrupted jobs, concurrent writers."""
 import contextlib
 import json
-from collections import Counter
 import logging
 import os
 import signal
@@ -9,10 +8,11 @@ import sqlite3
 import subprocess
 import sys
 import time
+from collections import Counter
 
 import pytest
-
 from conftest import ROOT, run_cli
+
 from valharm.caching import Cache
 
 
@@ -165,7 +165,6 @@ def test_a_sweep_killed_at_random_moments_twenty_times_ends_as_an_uninterrupted_
     import random
 
     import pandas as pd
-
     from fake_servers import FakeServer, FaultyJudge, verdict_requests
 
     splits = {}

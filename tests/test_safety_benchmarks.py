@@ -6,13 +6,24 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from valharm.benchmarks.beavertails import CATEGORIES as BT_CATEGORIES, BeaverTails
+from valharm.benchmarks.beavertails import CATEGORIES as BT_CATEGORIES
+from valharm.benchmarks.beavertails import BeaverTails
 from valharm.benchmarks.beavertails import load_prompts as load_beavertails
-from valharm.benchmarks.hexphi import CATEGORIES as HEXPHI_CATEGORIES, HExPHI, load_prompts as load_hexphi
-from valharm.benchmarks.holisticbiasr import (HolisticBiasR, RegardPrompt, bias_score, build_prompts, masked,
-                                              negative_upper_bound, noun_phrases)
+from valharm.benchmarks.hexphi import CATEGORIES as HEXPHI_CATEGORIES
+from valharm.benchmarks.hexphi import HExPHI
+from valharm.benchmarks.hexphi import load_prompts as load_hexphi
+from valharm.benchmarks.holisticbiasr import (
+    HolisticBiasR,
+    RegardPrompt,
+    bias_score,
+    build_prompts,
+    masked,
+    negative_upper_bound,
+    noun_phrases,
+)
 from valharm.benchmarks.judged import summarise
-from valharm.benchmarks.rtp import RealToxicityPrompts, load_prompts as load_rtp
+from valharm.benchmarks.rtp import RealToxicityPrompts
+from valharm.benchmarks.rtp import load_prompts as load_rtp
 from valharm.benchmarks.text import first_sentence
 from valharm.errors import ValharmError
 from valharm.models.loading import LoadedModel

@@ -9,13 +9,13 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import run_cli
 from fake_servers import FakeServer, FaultyJudge, verdict_requests
-from valharm.caching import Cache
-from valharm.generation.requests import GenerationRequest, cached_run
-from valharm.generation.local import HFGenerator
 from wandb_log import summary
+
+from valharm.caching import Cache
+from valharm.generation.local import HFGenerator
+from valharm.generation.requests import GenerationRequest, cached_run
 
 SMALL = ["model=tiny", "generation.progress=false", "benchmarks.rtp.num_prompts=3", "benchmarks.rtp.num_samples=2",
          "benchmarks.holisticbiasr.limit=12", "benchmarks.hexphi.per_category=1", "benchmarks.beavertails.per_category=1",

@@ -12,11 +12,11 @@ from fake_servers import FakeServer, ModelServer
 from valharm.benchmarks.pvq40 import PVQ40
 from valharm.caching import Cache
 from valharm.errors import ValharmError
-from valharm.generation.requests import GenerationRequest, LoglikelihoodRequest, cached_run
 from valharm.generation.local import HFGenerator
+from valharm.generation.requests import GenerationRequest, LoglikelihoodRequest, cached_run
+from valharm.generation.serving import OpenAIGenerator
 from valharm.models.loading import ChatPrompt, add_lora, load_adapter
 from valharm.prompting import Prompter, PromptStrategy
-from valharm.generation.serving import OpenAIGenerator
 from valharm.values.distributions import extreme
 
 KEY = "test-key-not-secret"
@@ -215,10 +215,9 @@ def test_server_errors_are_retried_and_exhausted_retries_name_the_request(server
 
 
 def test_the_config_builds_the_generator(monkeypatch):
+    from conftest import ROOT
     from hydra import compose, initialize_config_dir
     from hydra.utils import instantiate
-
-    from conftest import ROOT
 
     monkeypatch.setenv("OPENAI_API_KEY", KEY)
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):

@@ -1,7 +1,7 @@
 """The study's sweeps as experiment configs: their jobs listed without running them."""
 import pytest
-
 from conftest import run_cli
+
 from valharm.jobs import job_values, sweep_jobs
 
 
@@ -52,10 +52,10 @@ def test_study_index_is_checked(index, message):
 def test_the_studys_sweeps_run_the_studys_instruments(shared_data, experiment, monkeypatch):
     """Composed as a job of the sweep: preset=study's judge, prompts, scorers and real data for all five
     benchmarks; what still differs from the study is the model only (plus what a CPU run cannot have)."""
+    from conftest import ROOT
     from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
 
-    from conftest import ROOT
     from valharm.study import differences
 
     monkeypatch.setenv("VALHARM_DATA_DIR", str(shared_data))

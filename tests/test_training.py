@@ -4,8 +4,8 @@ import torch
 from hydra.utils import instantiate
 
 from valharm.errors import ValharmError
-from valharm.models.loading import add_lora, load_adapter
 from valharm.models.batches import IGNORE_INDEX, Example, SupervisedDataModule, collate, encode
+from valharm.models.loading import add_lora, load_adapter
 from valharm.models.training import compiled_layers, decoder_layers, fit_adapter, response_loss
 
 
@@ -248,8 +248,8 @@ def test_packed_batches_give_the_loss_and_gradients_of_padded_ones(tiny_bundle):
 
     from valharm.aligners.vim import build_examples
     from valharm.data.touche import load_arguments
-    from valharm.models.loading import add_lora
     from valharm.models.batches import collate, collate_packed
+    from valharm.models.loading import add_lora
     from valharm.values.distributions import extreme
 
     stage1, stage2, _ = build_examples(load_arguments(), extreme("power"), 3, 42)

@@ -2,8 +2,8 @@
 import json
 
 import pytest
-
 from conftest import ROOT, run_cli
+
 from valharm.values.validation import LEVELS
 
 SMALL = ["model=tiny", "train_arguments=24", "valid_arguments=8", "fit_arguments=12", "test_arguments=24",

@@ -3,10 +3,10 @@ import math
 import numpy as np
 import pandas as pd
 import pytest
-
 from conftest import run_cli
-from valharm.values import distributions as V
+
 from valharm.errors import ValharmError
+from valharm.values import distributions as V
 
 
 def test_extremes_cover_values_and_groups():

@@ -4,10 +4,17 @@ from collections import Counter
 import pandas as pd
 import pytest
 
-from valharm.aligners.vim import (argument_example, argument_score, build_examples, per_argument_example,
-                                  per_value_examples, sample_rating, shuffle_labels)
-from valharm.values.questionnaire import parse_rating
+from valharm.aligners.vim import (
+    argument_example,
+    argument_score,
+    build_examples,
+    per_argument_example,
+    per_value_examples,
+    sample_rating,
+    shuffle_labels,
+)
 from valharm.values.distributions import VALUES, custom, extreme
+from valharm.values.questionnaire import parse_rating
 
 
 def row(stance="in favor of", **labels):
@@ -111,10 +118,10 @@ def test_examples_from_a_real_touche_row(shared_data):
 def test_vim_on_real_data_voices_exactly_the_arguments_power_alone_labels(shared_data):
     """Stage-1 counts on the real training split, against a count made here from the study's own split file."""
     import pandas as pd
+    from conftest import ROOT
     from hydra import compose, initialize_config_dir
     from hydra.utils import instantiate
 
-    from conftest import ROOT
     from valharm.values.distributions import VALUES
 
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):

@@ -2,8 +2,8 @@
 import hydra
 from omegaconf import DictConfig
 
-from valharm.runs import pipeline
 from valharm.errors import report_errors
+from valharm.runs import pipeline
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train")

@@ -10,8 +10,8 @@ from __future__ import annotations
 import math
 
 from valharm.aligners import Alignment
-from valharm.values.questionnaire import IMPORTANCE
 from valharm.values.distributions import DEFINITIONS, ValueDistribution
+from valharm.values.questionnaire import IMPORTANCE
 
 
 def persona_prompt(value: ValueDistribution) -> str:

@@ -9,8 +9,8 @@ import lightning as L
 from valharm.aligners import Alignment
 from valharm.data.instructions import InstructionData
 from valharm.errors import ValharmError
-from valharm.models.loading import LoadedModel, add_lora
 from valharm.models.batches import SupervisedDataModule
+from valharm.models.loading import LoadedModel, add_lora
 from valharm.models.training import fit_adapter, main_process
 
 

@@ -26,15 +26,14 @@ import lightning as L
 import pandas as pd
 
 from valharm.aligners import Alignment
-from valharm.values.alignment import AlignmentCheck
-from valharm.values.questionnaire import argument_statement
 from valharm.data.touche import CUES, cue_labels, labelled_values
 from valharm.errors import ValharmError
-from valharm.models.loading import LoadedModel, add_lora
-from valharm.values.questionnaire import rating_answer, rating_prompt
 from valharm.models.batches import Example, SupervisedDataModule
+from valharm.models.loading import LoadedModel, add_lora
 from valharm.models.training import fit_adapter, main_process
+from valharm.values.alignment import AlignmentCheck
 from valharm.values.distributions import VALUES, ValueDistribution
+from valharm.values.questionnaire import argument_statement, rating_answer, rating_prompt
 
 SCORE_RULES = {"min": min, "mean": lambda xs: sum(xs) / len(xs)}
 STAGE2_RULES = ("per_value", "per_argument")

@@ -7,8 +7,16 @@ import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
 from valharm.analysis.fidelity import RULE, alignment, identical_vectors, measured_scores, warning
-from valharm.analysis.report import (associations, coverage, design_text, heatmap, mitigation_table,
-                                     model_type_table, model_type_tests, write_report)
+from valharm.analysis.report import (
+    associations,
+    coverage,
+    design_text,
+    heatmap,
+    mitigation_table,
+    model_type_table,
+    model_type_tests,
+    write_report,
+)
 from valharm.analysis.runs import deduplicate, prompt_scores, tidy, tidy_results
 from valharm.analysis.stats import X_COLUMNS, correlations
 from valharm.analysis.wandb_source import wandb_runs

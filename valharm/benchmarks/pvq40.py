@@ -21,8 +21,8 @@ from valharm.benchmarks import BenchmarkResult
 from valharm.data import SAMPLES_DIR, read_table
 from valharm.errors import ValharmError
 from valharm.generation.requests import GenerationRequest, LoglikelihoodRequest, SlotRequest
-from valharm.values.questionnaire import ANSWER_SLOT, SLOT_ANSWERS, answer_distribution, parse_rating, rating_prompt
 from valharm.values.distributions import VALUES, nmse, nmse_scored, pvq_value_scores
+from valharm.values.questionnaire import ANSWER_SLOT, SLOT_ANSWERS, answer_distribution, parse_rating, rating_prompt
 
 SAMPLE_PATH = SAMPLES_DIR / "pvq_sample.csv"
 SCORINGS = ("slot", "loglik", "generate")

@@ -17,13 +17,40 @@ from valharm.caching import digest
 from valharm.errors import ValharmError
 from valharm.models.loading import adapter_digest
 from valharm.models.training import main_process
-from valharm.runs.components import (build_components, check_alignment, detach_adapter, evaluate, forget_base,
-                                     load_base, precision_plan)
+from valharm.runs.components import (
+    build_components,
+    check_alignment,
+    detach_adapter,
+    evaluate,
+    forget_base,
+    load_base,
+    precision_plan,
+)
 from valharm.runs.processes import announce, attempt_id, check_process_launch, set_threads, wait_for_rank_zero
-from valharm.runs.records import (ADAPTER_ORIGIN, failure_summary, generation_key, generation_namespace, identities,
-                                  job_record, results_record, run_context, value_aligned)
-from valharm.runs.rundir import (RESULTS, RESULTS_SCHEMA, Decision, archive_results, code_version, data_digests,
-                                 decide, failed_items, fingerprint, keep_training_state, write_json_atomic)
+from valharm.runs.records import (
+    ADAPTER_ORIGIN,
+    failure_summary,
+    generation_key,
+    generation_namespace,
+    identities,
+    job_record,
+    results_record,
+    run_context,
+    value_aligned,
+)
+from valharm.runs.rundir import (
+    RESULTS,
+    RESULTS_SCHEMA,
+    Decision,
+    archive_results,
+    code_version,
+    data_digests,
+    decide,
+    failed_items,
+    fingerprint,
+    keep_training_state,
+    write_json_atomic,
+)
 from valharm.runs.tracking import NoTracker, flatten
 
 log = logging.getLogger("valharm")

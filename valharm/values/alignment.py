@@ -16,11 +16,16 @@ from typing import Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from valharm.values.questionnaire import argument_statement
 from valharm.generation.requests import SlotRequest, cached_run
 from valharm.models.loading import LoadedModel
-from valharm.values.questionnaire import ANSWER_SLOT, SLOT_ANSWERS, answer_distribution, rating_prompt
 from valharm.values.distributions import VALUES
+from valharm.values.questionnaire import (
+    ANSWER_SLOT,
+    SLOT_ANSWERS,
+    answer_distribution,
+    argument_statement,
+    rating_prompt,
+)
 
 
 def rating_requests(bundle: LoadedModel, arguments: pd.DataFrame, reply_tokens: int = 32,

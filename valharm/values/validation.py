@@ -21,8 +21,8 @@ import numpy as np
 import pandas as pd
 
 from valharm.values.alignment import contrast, crossover, crossover_interval, value_contrasts
-from valharm.values.questionnaire import answer_distribution
 from valharm.values.distributions import VALUES, nmse, snake
+from valharm.values.questionnaire import answer_distribution
 
 LEVELS = {
     "M0": "implementation: training does not fit its own data",
