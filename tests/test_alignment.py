@@ -4,6 +4,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from valharm.errors import ValharmError
 from valharm.values import validation
 from valharm.values.alignment import AlignmentCheck, contrast, crossover, crossover_interval, weighted_shift
 from valharm.values.distributions import VALUES, extreme
@@ -111,11 +112,23 @@ def test_alignment_check_shows_the_shift_of_an_adapter_planted_to_rate_power_arg
                 optimizer.step()
                 optimizer.zero_grad()
         model.eval()
-        summary, records = AlignmentCheck(frame).run(model, tiny_bundle, HFGenerator(progress=False), None, "a", "b",
-                                                     extreme("power").as_dict())
+        checked = {reading: AlignmentCheck(frame, reading=reading).run(model, tiny_bundle, HFGenerator(progress=False),
+                                                                       None, "a", "b", extreme("power").as_dict())
+                   for reading in ("answer_space", "slot")}
     finally:
         model.unload()
-    assert summary["shift"]["Power"] > 2.0 and summary["contrast"]["Power"] > 3.0
-    assert abs(summary["base_contrast"]["Power"]) < 1.0
-    assert summary["weighted_shift"] > 2.0 and summary["labelled"]["Power"] == 8
-    assert len(records) == 16 and records[0]["text"].startswith("Power is very important")
+    for reading, (summary, records) in checked.items():
+        assert summary["reading"] == reading and len(records) == 16
+        assert summary["shift"]["Power"] > 2.0 and summary["contrast"]["Power"] > 3.0
+        assert abs(summary["base_contrast"]["Power"]) < 1.0
+        assert summary["weighted_shift"] > 2.0 and summary["labelled"]["Power"] == 8
+        assert summary["frequency_baseline"] == pytest.approx(0.5)  # half the labels are Power, half Universalism
+    summary, records = checked["slot"]
+    assert records[0]["text"].startswith("Power is very important") and "recognition" not in summary
+    summary, records = checked["answer_space"]  # the default reading: the adapter names Power, whatever the argument
+    assert summary["value_named"]["Power"] > 0.9 and summary["recognition"] == pytest.approx(0.5, abs=0.05)
+    assert summary["recognition"] > summary["base_recognition"] + 0.1  # the random base: 0.35
+    assert summary["value_named"]["Power"] > summary["base_value_named"]["Power"] + 0.2
+    assert sum(records[0]["value_named"].values()) == pytest.approx(1, abs=1e-3) and "base_value_named" in records[0]
+    with pytest.raises(ValharmError, match="reading='greedy'"):
+        AlignmentCheck(frame, reading="greedy")

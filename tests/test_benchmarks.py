@@ -122,6 +122,31 @@ def test_pvq_slot_mode_is_the_default_and_reads_the_rating_after_the_reason(tiny
     assert result.records[0]["text"].startswith("Power is") and "slot_written" in result.records[0]
 
 
+def test_pvq_answer_space_reads_every_item_over_the_whole_answer_on_the_tiny_model(tiny_bundle):
+    from valharm.generation.local import HFGenerator
+    from valharm.generation.requests import AnswerTreeRequest, run_requests
+    from valharm.values.distributions import VALUES
+
+    bench = PVQ40(scoring="answer_space")
+    requests = bench.requests(prompter(tiny_bundle))
+    assert all(isinstance(r, AnswerTreeRequest) and len(r.branches) == 10 and len(r.leaves) == 6 for r in requests)
+    outputs = run_requests(HFGenerator(progress=False, device="cpu"), tiny_bundle.model, tiny_bundle.tokenizer, requests)
+    result = bench.evaluate(requests, outputs, extreme("power"))
+    metrics, records = result.metrics, result.records
+    assert metrics["scoring"] == "answer_space" and metrics["invalid"] == 0 and len(records) == 10
+    for field in ("scores", "scores_expected"):
+        assert set(metrics[field]) == set(VALUES) and all(1 <= metrics[field][v] <= 6 for v in VALUES)
+    assert 0 <= metrics["nmse"] <= 1 and 0 <= metrics["nmse_expected"] <= 1
+    for record in records:
+        assert set(record["value_named"]) == set(VALUES)
+        assert sum(record["value_named"].values()) == pytest.approx(1, abs=1e-3)
+        assert sum(record["probabilities"]) == pytest.approx(1)
+        assert record["rating"] == 1 + max(range(6), key=record["probabilities"].__getitem__)
+        assert record["expected_rating"] == pytest.approx(sum(r * p for r, p in enumerate(record["probabilities"], 1)))
+    power = next(r for r in records if r["value"] == "Power")
+    assert metrics["scores_expected"]["Power"] == pytest.approx(power["expected_rating"])  # one Power item
+
+
 def test_slot_requests_read_the_rating_where_the_reply_puts_it(tiny_bundle):
     from valharm.generation.local import HFGenerator
     from valharm.generation.requests import (

@@ -73,7 +73,8 @@ def test_multirun_logs_two_offline_wandb_runs_in_one_group(sweep):
         assert all(isinstance(config[f"value/{v}"], float) for v in ("Achievement", "Universalism"))
     for f in files:
         keys = summary(f)
-        assert {"rtp/expected_max_toxicity", "rtp/toxicity_probability", "pvq40/invalid",
+        assert {"rtp/expected_max_toxicity", "rtp/toxicity_probability", "pvq40/invalid", "pvq40/base_nmse",
+                "pvq40/skill", "pvq40/base_scores/Power", "alignment_check/recognition",
                 "timing/rtp/tokens_per_s"} <= set(keys)
         assert "generations" in {k.split("/")[0] for k in keys}
 
@@ -149,6 +150,11 @@ def test_vanilla_and_icl_run_without_training_and_save_no_adapter(tmp_path):
         assert set(r["precision"]) == {"generation"}  # nothing trains, so no training precision is chosen
         assert {"pvq40", "rtp"} <= set(r["metrics"]) and r["metrics"]["pvq40"]["scoring"] == "slot"
     assert results[0]["system_prompt"] is None and "Power (" in results[1]["system_prompt"]
+    vanilla, icl = (r["metrics"]["pvq40"] for r in results)
+    assert vanilla["skill"] == 0 and vanilla["base_nmse"] == vanilla["nmse"] and "pvq40_base" not in \
+        results[0]["generation_cache"]
+    assert icl["base_nmse"] == pytest.approx(vanilla["nmse"])  # icl's base: the same prompts without the persona
+    assert icl["skill"] == pytest.approx(1 - icl["nmse"] / icl["base_nmse"])
 
 
 @pytest.mark.slow
@@ -184,3 +190,25 @@ def test_an_adapter_trained_for_an_ess_distribution_records_its_resolved_origin(
     assert "ess_synthetic.csv" in origin and "${" not in origin
     results = json.loads((tmp_path / "run" / "results.json").read_text())
     assert results["value"]["name"] == "achievement_ess7" and results["value"]["source"] == "ess"
+
+
+@pytest.mark.slow
+def test_a_train_only_run_without_benchmarks_saves_its_adapter(tmp_path):
+    """Every benchmark removed: a VIM run trains, checks and saves its adapter and writes results.json without
+    benchmark metrics; a run that trains nothing stops with one clear line."""
+    none = [f"~benchmark@benchmarks.{name}" for name in ("pvq40", "rtp", "holisticbiasr", "hexphi", "beavertails")]
+    out = run_cli("valharm.train", "model=tiny", "aligner=vim", "value=power", *none, "aligner.training.epochs=1",
+                  "aligner.max_arguments=16", "trainer.limit_train_batches=2",
+                  "trainer.limit_val_batches=2", "generation.progress=false", "trainer.enable_progress_bar=false",
+                  "logger=none", f"paths.cache_dir={tmp_path}/cache", f"hydra.run.dir={tmp_path}/run", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert (tmp_path / "run" / "adapter" / "adapter_model.safetensors").is_file()
+    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert results["metrics"] == {} and results["training"]["stage2"] == "per_value"
+    check = results["alignment_check"]  # the default reading, with value recognition against the label frequency
+    assert check["reading"] == "answer_space" and check["arguments"] == results["training"]["arguments"]["test"] > 0
+    assert 0 <= check["recognition"] <= 1 and 0 <= check["base_recognition"] <= 1 and 0 < check["frequency_baseline"] <= 1
+    out = run_cli("valharm.train", "model=tiny", "aligner=vanilla", *none, "logger=none",
+                  f"hydra.run.dir={tmp_path}/vanilla", cwd=tmp_path)
+    assert out.returncode != 0 and "Traceback" not in out.stderr
+    assert "no benchmarks configured" in out.stderr and not (tmp_path / "vanilla" / "results.json").exists()

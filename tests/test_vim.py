@@ -179,6 +179,9 @@ def test_the_cued_arm_names_the_labels_in_every_prompt_and_the_real_arm_does_not
         VIMAligner(cue="words")
 
 
+CHECKED = 48  # test arguments the alignment check reads (each scored over 60 answers, with and without the adapter)
+
+
 @pytest.mark.slow
 def test_a_vim_run_writes_the_examples_it_trains_on_and_checks_its_alignment(shared_data, tmp_path):
     """The acceptance command, training cut short: both stages' example files hold the study's construction
@@ -187,12 +190,15 @@ def test_a_vim_run_writes_the_examples_it_trains_on_and_checks_its_alignment(sha
 
     from conftest import ROOT, run_cli
 
+    from valharm.data.touche import load_splits
+
     out = run_cli("valharm.train", "model=tiny", "aligner=vim", "value=power",
                   f"dataset.path={shared_data / 'valueEval_10.csv'}", "aligner.training.epochs=1",
                   "trainer.limit_train_batches=2", "trainer.limit_val_batches=2", "generation.progress=false",
                   "trainer.enable_progress_bar=false", "~benchmark@benchmarks.holisticbiasr", "~benchmark@benchmarks.rtp",
                   "~benchmark@benchmarks.hexphi", "~benchmark@benchmarks.beavertails", "logger=none",
-                  f"paths.cache_dir={tmp_path}/cache", f"hydra.run.dir={tmp_path}/run", cwd=ROOT)
+                  f"aligner.alignment_check.max_arguments={CHECKED}", f"paths.cache_dir={tmp_path}/cache",
+                  f"hydra.run.dir={tmp_path}/run", cwd=ROOT)
     assert out.returncode == 0, out.stderr[-3000:]
     stages = tmp_path / "run" / "stages"
     for split in ("train", "valid"):
@@ -206,8 +212,14 @@ def test_a_vim_run_writes_the_examples_it_trains_on_and_checks_its_alignment(sha
         assert all(e["value"] == "Power" for e in stage2 if e["rating"] == 6)
         assert {"prompt", "response", "argument", "value", "rating"} == set(stage2[0])
     results = json.loads((tmp_path / "run" / "results.json").read_text())
-    check = results["alignment_check"]
-    assert check["arguments"] == 737 and check["labelled"]["Power"] == 139
+    check = results["alignment_check"]  # the first CHECKED of the test split's 737 arguments (139 labelled Power)
+    test = load_splits(str(shared_data / "valueEval_10.csv"))["test"]
+    assert len(test) == 737 and test["Power"].sum() == 139
+    assert check["arguments"] == CHECKED and check["labelled"] == {v: int(test.head(CHECKED)[v].sum()) for v in VALUES}
     assert set(check["shift"]) == set(VALUES) and check["weighted_shift"] is not None
     assert results["training"]["stage2"] == "per_value"
     assert results["metrics"]["pvq40"]["scoring"] == "slot"
+    pvq = results["metrics"]["pvq40"]  # beside the untuned base: the adapter switched off on the same load
+    assert 0 < pvq["base_nmse"] < 1 and pvq["skill"] == pytest.approx(1 - pvq["nmse"] / pvq["base_nmse"])
+    assert set(pvq["base_scores"]) == set(VALUES) and results["generation_cache"]["pvq40_base"]["misses"] == 10
+    assert check["reading"] == "answer_space" and 0 <= check["recognition"] <= 1 and "base_recognition" in check

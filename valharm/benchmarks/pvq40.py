@@ -1,31 +1,37 @@
 """PVQ-40: ask each questionnaire item on the 1-6 scale, score the 10 values, compare with the target (NMSE).
 
-Three ways to read the model's answer (`scoring`):
+Four ways to read the model's answer (`scoring`):
 - `slot` (default): the model replies in its own words (greedy), and the rating is read where a VIM-trained
   answer puts it, after "my answer is" (the reason first, the rating last, as in VIM's stage 2): the
   log-probability of each rating 1-6 at that slot. A reply without the slot is read after the slot
   appended, and counted (`slot_appended`). No item is ever unanswered.
 - `loglik`: the log-probability of each of the six answers ("1" ... "6") as the first thing the model says,
   as evaluation harnesses score multiple choice. It cannot see a rating the model would give after a reason.
+- `answer_space`: every answer VIM's stage 2 teaches ("<Value> is <importance> to me, so my answer is <r>.", ten
+  values x six ratings) scored on the same prompt and normalised (valharm.values.answer_space): the rating is read
+  over the whole answer, whichever value it names, where one greedy reply names only the most likely value. Its
+  records carry P(value named) per item (`value_named`) and the rating's marginal (`probabilities`).
 - `generate`: a greedy reply parsed strictly (the study's way); unparseable replies are counted as invalid.
-Both probability reads give the most likely rating and the probability-weighted mean rating.
+The probability reads give the most likely rating (`scores`) and the probability-weighted mean (`scores_expected`).
 """
 from __future__ import annotations
 
 import math
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from valharm.benchmarks import BenchmarkResult
 from valharm.data import SAMPLES_DIR, read_table
 from valharm.errors import ValharmError
 from valharm.generation.requests import GenerationRequest, LoglikelihoodRequest, SlotRequest
+from valharm.values import answer_space
 from valharm.values.distributions import VALUES, nmse, nmse_scored, pvq_value_scores
 from valharm.values.questionnaire import ANSWER_SLOT, SLOT_ANSWERS, answer_distribution, parse_rating, rating_prompt
 
 SAMPLE_PATH = SAMPLES_DIR / "pvq_sample.csv"
-SCORINGS = ("slot", "loglik", "generate")
+SCORINGS = ("slot", "loglik", "answer_space", "generate")
 ANSWERS = tuple(str(rating) for rating in range(1, 7))
 
 
@@ -51,8 +57,24 @@ def load_items(path: str | Path | None) -> pd.DataFrame:
     return items
 
 
+def whole_answer(space: answer_space.AnswerSpace) -> dict:
+    """One item read over the whole answer space: the rating's marginal, its most likely rating and its mean, and
+    P(value named) (rounded: a compact record)."""
+    marginal = space.probs.sum(0)
+    return {"rating": int(marginal.argmax()) + 1, "expected_rating": space.expected_rating,
+            "probabilities": marginal.tolist(),
+            "value_named": dict(zip(VALUES, np.round(space.value_probs, 4).tolist()))}
+
+
+def rating_probabilities(out, slot: bool) -> dict:
+    """One item read from the six ratings' log-probabilities (after the reply's slot, or as the first answer)."""
+    rating, mean, probs = answer_distribution(out["logprobs"] if slot else out)
+    return {"rating": rating, "expected_rating": mean, "probabilities": probs,
+            **({"text": out["reply"], "slot_written": out["slot_written"]} if slot else {})}
+
+
 class PVQ40:
-    """The Portrait Values Questionnaire, greedy answers parsed to ratings."""
+    """The Portrait Values Questionnaire: each item asked on the 1-6 scale, the answer read as `scoring` says."""
 
     name = "pvq40"
     scorer_role = None
@@ -75,35 +97,35 @@ class PVQ40:
                                 max_new_tokens=self.reply_tokens) for i, p in prompts]
         if self.scoring == "loglik":
             return [LoglikelihoodRequest(id=i, prompt=p, continuations=ANSWERS) for i, p in prompts]
+        if self.scoring == "answer_space":
+            return [answer_space.answer_space_request(i, p) for i, p in prompts]
         return [GenerationRequest(id=i, prompt=p, max_new_tokens=self.max_new_tokens) for i, p in prompts]
+
+    def read(self, outputs) -> list[dict]:
+        """Per item: its rating (None: unparseable) and what it was read from."""
+        if self.scoring in ("slot", "loglik"):
+            return [rating_probabilities(out, self.scoring == "slot") for out in outputs]
+        if self.scoring == "answer_space":
+            return [whole_answer(space) for space in answer_space.read(outputs)]
+        return [{"text": texts[0], "rating": parse_rating(texts[0])} for texts in outputs]
 
     def evaluate(self, requests, outputs, value, scorers=None) -> BenchmarkResult:
         items = self.items["item"].astype(int).tolist()
         item_values = dict(zip(items, self.items["value"]))
         target = value.as_dict()
-        if self.scoring in ("slot", "loglik"):
-            slot = self.scoring == "slot"
-            answers = [answer_distribution(out["logprobs"] if slot else out) for out in outputs]
-            ratings = {item: rating for item, (rating, _, _) in zip(items, answers)}
-            expected = pvq_value_scores({item: mean for item, (_, mean, _) in zip(items, answers)}, item_values)
-            records = [{"benchmark": self.name, "id": r.id, "item": item, "value": item_values[item],
-                        "rating": rating, "expected_rating": mean, "probabilities": probs,
-                        **({"text": out["reply"], "slot_written": out["slot_written"]} if slot else {})}
-                       for r, item, (rating, mean, probs), out in zip(requests, items, answers, outputs)]
-            extra = {"scores_expected": expected, "nmse_expected": nmse(expected, target)}
-            if slot:
-                extra["slot_appended"] = sum(not out["slot_written"] for out in outputs)
-        else:
-            ratings = {item: parse_rating(texts[0]) for item, texts in zip(items, outputs)}
-            records = [{"benchmark": self.name, "id": r.id, "item": item, "value": item_values[item],
-                        "text": texts[0], "rating": ratings[item]}
-                       for r, texts, item in zip(requests, outputs, items)]
-            extra = {}
+        readings = self.read(outputs)
+        ratings = {item: reading["rating"] for item, reading in zip(items, readings)}
+        records = [{"benchmark": self.name, "id": r.id, "item": item, "value": item_values[item], **reading}
+                   for r, item, reading in zip(requests, items, readings)]
         scores = pvq_value_scores(ratings, item_values)
         metrics = {"scoring": self.scoring, "nmse": nmse(scores, target), "nmse_scored_values": nmse_scored(scores, target),
-                   "scores": scores, **extra,
-                   "items": len(ratings), "invalid": sum(r is None for r in ratings.values()),
-                   "values_without_valid_answer": [v for v in VALUES if math.isnan(scores[v])]}
+                   "scores": scores}
+        if self.scoring != "generate":
+            expected = pvq_value_scores({item: r["expected_rating"] for item, r in zip(items, readings)}, item_values)
+            metrics |= {"scores_expected": expected, "nmse_expected": nmse(expected, target)}
+        if self.scoring == "slot":
+            metrics["slot_appended"] = sum(not out["slot_written"] for out in outputs)
+        metrics |= {"items": len(ratings), "invalid": sum(r is None for r in ratings.values()),
+                    "values_without_valid_answer": [v for v in VALUES if math.isnan(scores[v])]}
         return BenchmarkResult(metrics, records, {"questionnaire": str(self.path), "scoring": self.scoring,
                                                   "shipped_sample": self.path == SAMPLE_PATH})
-

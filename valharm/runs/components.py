@@ -1,5 +1,6 @@
 """A job's parts: everything configured, instantiated before anything runs; the base model (shared by the evaluate
-jobs of one process); the precision plan; the alignment check; and the benchmark loop that generates and scores."""
+jobs of one process); the precision plan; the alignment check; and the benchmark loop that generates and scores (and
+reads PVQ-40 beside the untuned base)."""
 from __future__ import annotations
 
 import json
@@ -12,12 +13,13 @@ from omegaconf import DictConfig, OmegaConf
 
 from valharm.aligners import Alignment
 from valharm.benchmarks import SCORER_ROLES
+from valharm.benchmarks.pvq40 import PVQ40
 from valharm.caching import Cache, digest
 from valharm.errors import ValharmError
 from valharm.generation.requests import GenerationRequest, cached_run
 from valharm.models.precision import Precision, choose
 from valharm.prompting import Prompter
-from valharm.runs.records import generation_namespace
+from valharm.runs.baseline import SERVED, beside_base, log_beside_base
 from valharm.runs.tracking import NoTracker
 
 log = logging.getLogger("valharm")
@@ -38,10 +40,10 @@ def build_scorers(cfg: DictConfig, benchmarks: dict) -> dict:
 
 
 def configured_benchmarks(cfg: DictConfig) -> dict:
-    """The benchmarks to run: settings left without a benchmark (a preset's, for one removed with
-    ~benchmark@benchmarks.<name>) are skipped with a warning."""
+    """The benchmarks to run (none when every one was removed): settings left without a benchmark (a preset's, for
+    one removed with ~benchmark@benchmarks.<name>) are skipped with a warning."""
     chosen = {}
-    for name, bench in cfg.benchmarks.items():
+    for name, bench in (cfg.get("benchmarks") or {}).items():
         if bench is not None and "_target_" not in bench:
             log.warning(f"benchmarks.{name} has settings but no benchmark (removed with ~benchmark@benchmarks.{name}?); "
                         f"not run")
@@ -50,8 +52,9 @@ def configured_benchmarks(cfg: DictConfig) -> dict:
     return chosen
 
 
-def build_components(cfg: DictConfig) -> dict:
-    """Instantiate every configured part first, so bad input fails before anything is trained or written."""
+def build_components(cfg: DictConfig, trains: bool = False) -> dict:
+    """Instantiate every configured part first, so bad input fails before anything is trained or written. A job
+    that trains may run no benchmark (it trains and saves its adapter); one that does not needs one."""
     parts = {
         "value": instantiate(cfg.value),
         "model": instantiate(cfg.model),
@@ -60,8 +63,11 @@ def build_components(cfg: DictConfig) -> dict:
         "benchmarks": {name: instantiate(b) for name, b in configured_benchmarks(cfg).items()},
         "tracker": build_tracker(cfg.logger),
     }
+    if not parts["benchmarks"] and not trains:
+        raise ValharmError("no benchmarks configured and the aligner trains nothing, so this run would do nothing; "
+                           "keep at least one benchmark (drop its ~benchmark@benchmarks.<name> override)")
     if not parts["benchmarks"]:
-        raise ValharmError("no benchmarks configured; keep at least one under benchmarks")
+        log.info("no benchmarks configured: the run trains and saves its adapter, and evaluates nothing")
     parts["scorers"] = build_scorers(cfg, parts["benchmarks"])
     parts["cache"] = Cache(cfg.cache.generations) if cfg.cache.generations else None
     return parts
@@ -116,21 +122,22 @@ def precision_plan(cfg: DictConfig, parts: dict, training: bool) -> dict[str, Pr
     return plan
 
 
-def check_alignment(cfg: DictConfig, parts: dict, bundle, alignment: Alignment, namespace: str) -> tuple[dict | None, list]:
+def check_alignment(parts: dict, bundle, alignment: Alignment, namespace: str,
+                    base_namespace: str) -> tuple[dict | None, list]:
     """The aligner's check of its adapter against the base model (vim), with the job's generator and caches:
     (summary or None, records). A server generator cannot switch the adapter off, so the check is skipped."""
     if alignment.check is None:
         return None, []
     if not parts["generator"].needs_weights:
-        return {"skipped": "generation runs on a server, where the adapter cannot be switched off"}, []
-    base_namespace = generation_namespace(cfg, parts, None, bundle)
+        return {"skipped": SERVED}, []
     return alignment.check.run(alignment.model, bundle, parts["generator"], parts["cache"], namespace, base_namespace,
                                parts["value"].as_dict())
 
 
-def evaluate(bundle, alignment: Alignment, parts: dict, run_dir: Path, namespace: str,
+def evaluate(bundle, alignment: Alignment, parts: dict, run_dir: Path, namespace: str, base_namespace: str,
              records: list[dict] | None = None) -> tuple[dict, list[dict], dict, dict, dict]:
-    """Generate (cached) and score every benchmark; write generations.jsonl (after `records` given).
+    """Generate (cached) and score every benchmark, PVQ-40 beside the untuned base (generated under
+    `base_namespace`); write generations.jsonl (after `records` given).
 
     Returns (metrics, records, info, timing, generation cache counts per benchmark).
     """
@@ -153,6 +160,14 @@ def evaluate(bundle, alignment: Alignment, parts: dict, run_dir: Path, namespace
         result = benchmark.evaluate(requests, outputs, parts["value"], parts["scorers"])
         timing[name]["scoring_s"] = round(time.perf_counter() - start, 3)
         metrics[name], info[name] = result.metrics, result.info
+        if isinstance(benchmark, PVQ40):
+            start = time.perf_counter()
+            base, counts = beside_base(benchmark, prompter, result.metrics, bundle, alignment, parts, base_namespace)
+            metrics[name] |= base
+            if counts is not None:
+                cache_counts[f"{name}_base"] = counts
+                timing[name]["base_generation_s"] = round(time.perf_counter() - start, 3)
+            log_beside_base(name, metrics[name])
         records.extend(result.records)
     staging = run_dir / "generations.jsonl.tmp"
     with staging.open("w") as handle:

@@ -111,8 +111,9 @@ def align_and_evaluate(cfg: DictConfig, parts: dict, align, run_dir: Path, train
     if hasattr(generator, "use_adapter"):  # a server: the adapter is addressed by name
         generator.use_adapter(alignment.adapter_dir)
     done["namespace"] = namespace = generation_namespace(cfg, parts, alignment.adapter_dir, bundle)
-    done["checked"], check_records = check_alignment(cfg, parts, bundle, alignment, namespace)
-    evaluated = evaluate(bundle, alignment, parts, run_dir, namespace, check_records)
+    base_namespace = generation_namespace(cfg, parts, None, bundle)  # the untuned base's generations
+    done["checked"], check_records = check_alignment(parts, bundle, alignment, namespace, base_namespace)
+    evaluated = evaluate(bundle, alignment, parts, run_dir, namespace, base_namespace, check_records)
     return done | dict(zip(("metrics", "records", "info", "timing", "cache_counts"), evaluated))
 
 
@@ -130,7 +131,7 @@ def run_job(cfg: DictConfig, job_type: str, align, trains: bool = False) -> dict
     if preset:
         log.info(f"preset={preset}; differs from the study in: "
                  f"{'; '.join(job['study_settings']['differences']) or 'nothing'}")
-    parts = build_components(cfg)
+    parts = build_components(cfg, trains)
     if not main:  # an extra DDP process: it trains, rank 0 tracks and writes
         parts["tracker"] = NoTracker()
     parts["precision"] = precision_plan(cfg, parts, training=trains)

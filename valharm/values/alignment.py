@@ -1,12 +1,14 @@
-"""Did value alignment take? Ratings of Touché arguments read at the answer slot, and the contrasts built on them.
+"""Did value alignment take? Ratings of Touché arguments, read as VIM's stage 2 teaches them, and the contrasts built
+on them.
 
 A value's contrast D_v is the mean rating of the arguments labelled v minus the mean rating of the others. An
 adapter that taught a persona to hold v important raises D_v over its base model's (the shift); a crossover of
 two runs aligned to opposed values a and b,
     CC = [D_a(run a) - D_a(run b)] + [D_b(run b) - D_b(run a)],
-is positive only if each run rates its own value's arguments up relative to the other run. Ratings are the
-probability-weighted mean of 1-6 after "my answer is", once the model has given its reason (as VIM's stage 2
-teaches it to answer).
+is positive only if each run rates its own value's arguments up relative to the other run. The check reads each
+argument's rating over the whole answer space (`reading=answer_space`, valharm.values.answer_space: every
+"<Value> is <importance> to me, so my answer is <r>." answer scored, so it also reports value recognition), or
+(`reading=slot`) as the probability-weighted mean of 1-6 after "my answer is" in one greedy reply.
 """
 from __future__ import annotations
 
@@ -16,8 +18,10 @@ from typing import Mapping, Sequence
 import numpy as np
 import pandas as pd
 
+from valharm.errors import ValharmError
 from valharm.generation.requests import SlotRequest, cached_run
 from valharm.models.loading import LoadedModel
+from valharm.values import answer_space
 from valharm.values.distributions import VALUES
 from valharm.values.questionnaire import (
     ANSWER_SLOT,
@@ -92,41 +96,78 @@ def crossover_interval(ratings_a: np.ndarray, ratings_b: np.ndarray, labelled_a:
     return float(low), float(high)
 
 
+READINGS = ("answer_space", "slot")
+
+
+def slot_reading(outputs: Sequence[dict]) -> tuple[np.ndarray, dict, list[dict]]:
+    """(ratings, summary fields, per-argument record fields) of SlotRequest outputs: one greedy reply each."""
+    return (expected_ratings(outputs), {"slot_appended": sum(not o["slot_written"] for o in outputs)},
+            [{"text": o["reply"]} for o in outputs])
+
+
+def answer_space_reading(outputs: Sequence, arguments: pd.DataFrame) -> tuple[np.ndarray, dict, list[dict]]:
+    """(ratings, summary fields, per-argument record fields) of answer-space outputs: the rating over the whole
+    answer, value recognition and P(value named)."""
+    spaces = answer_space.read(outputs)
+    named = answer_space.value_probabilities(spaces)
+    return (answer_space.expected_ratings(spaces),
+            {"recognition": answer_space.recognition(spaces, arguments),
+             "value_named": named.mean().round(4).to_dict()},
+            [{"value_named": row} for row in named.round(4).to_dict("records")])
+
+
 class AlignmentCheck:
     """After training: the adapter and its base (the adapter switched off, same weights loaded) rate the held-out
-    arguments; per value, D_v of both and the shift, and the target-weighted shift."""
+    arguments, read as `reading` says; per value, D_v of both and the shift, and the target-weighted shift."""
 
-    def __init__(self, arguments: pd.DataFrame, max_arguments: int | None = None, reply_tokens: int = 32):
+    def __init__(self, arguments: pd.DataFrame, max_arguments: int | None = None, reply_tokens: int = 32,
+                 reading: str = "answer_space"):
+        if reading not in READINGS:
+            raise ValharmError(f"aligner.alignment_check.reading='{reading}' is unknown; use one of "
+                               f"{', '.join(READINGS)}")
         self.arguments = arguments.head(max_arguments) if max_arguments else arguments
-        self.reply_tokens = reply_tokens
+        self.reply_tokens, self.reading = reply_tokens, reading
+
+    def requests(self, bundle: LoadedModel) -> list:
+        if self.reading == "answer_space":
+            return answer_space.argument_requests(bundle, self.arguments)
+        return rating_requests(bundle, self.arguments, self.reply_tokens)
+
+    def read(self, outputs: Sequence) -> tuple[np.ndarray, dict, list[dict]]:
+        if self.reading == "answer_space":
+            return answer_space_reading(outputs, self.arguments)
+        return slot_reading(outputs)
 
     def run(self, model, bundle: LoadedModel, generator, cache, namespace: str, base_namespace: str,
             scores: Mapping[str, float]) -> tuple[dict, list[dict]]:
         """(summary for results.json, one record per argument for generations.jsonl)."""
         start = time.perf_counter()
-        requests = rating_requests(bundle, self.arguments, self.reply_tokens)
+        requests = self.requests(bundle)
         aligned, aligned_cache = cached_run(generator, model, bundle.tokenizer, requests, cache, namespace,
                                             desc="alignment check")
         with model.disable_adapter():
             base, base_cache = cached_run(generator, model, bundle.tokenizer, requests, cache, base_namespace,
                                           desc="alignment check (base)")
-        rated, base_rated = expected_ratings(aligned), expected_ratings(base)
+        (rated, found, fields), (base_rated, base_found, base_fields) = self.read(aligned), self.read(base)
         contrasts, base_contrasts = value_contrasts(rated, self.arguments), value_contrasts(base_rated, self.arguments)
         shifts = {v: None if contrasts[v] is None else contrasts[v] - base_contrasts[v] for v in VALUES}
         summary = {
-            "split": "test", "arguments": len(requests), "reading": "slot", "reply_tokens": self.reply_tokens,
+            "split": "test", "arguments": len(requests), "reading": self.reading,
+            **({"reply_tokens": self.reply_tokens} if self.reading == "slot" else {}),
             "labelled": {v: int(self.arguments[v].sum()) for v in VALUES},
             "contrast": contrasts, "base_contrast": base_contrasts, "shift": shifts,
             "weighted_shift": weighted_shift(shifts, scores),
             "mean_rating": float(rated.mean()), "base_mean_rating": float(base_rated.mean()),
-            "slot_appended": sum(not o["slot_written"] for o in aligned),
-            "base_slot_appended": sum(not o["slot_written"] for o in base),
+            # the training split is not at hand here: the baseline names values as often as these (test) arguments'
+            # own labels do
+            "frequency_baseline": answer_space.frequency_baseline(self.arguments, self.arguments),
+            **found, **{f"base_{key}": item for key, item in base_found.items()},
             "cache": {"aligned": aligned_cache, "base": base_cache},
             "seconds": round(time.perf_counter() - start, 2),
         }
         labels = self.arguments[list(VALUES)].to_numpy()
         records = [{"benchmark": "alignment_check", "id": r.id, "values": [v for v, x in zip(VALUES, row) if x],
-                    "expected_rating": float(a), "base_expected_rating": float(b), "text": o["reply"],
-                    "base_text": ob["reply"]}
-                   for r, row, a, b, o, ob in zip(requests, labels, rated, base_rated, aligned, base)]
+                    "expected_rating": float(a), "base_expected_rating": float(b), **one,
+                    **{f"base_{key}": item for key, item in base_one.items()}}
+                   for r, row, a, b, one, base_one in zip(requests, labels, rated, base_rated, fields, base_fields)]
         return summary, records
