@@ -223,3 +223,11 @@ def test_a_vim_run_writes_the_examples_it_trains_on_and_checks_its_alignment(sha
     assert 0 < pvq["base_nmse"] < 1 and pvq["skill"] == pytest.approx(1 - pvq["nmse"] / pvq["base_nmse"])
     assert set(pvq["base_scores"]) == set(VALUES) and results["generation_cache"]["pvq40_base"]["misses"] == 10
     assert check["reading"] == "answer_space" and 0 <= check["recognition"] <= 1 and "base_recognition" in check
+
+
+def test_an_unknown_alignment_check_reading_stops_before_training():
+    from valharm.aligners.vim import VIMAligner
+    from valharm.errors import ValharmError
+
+    with pytest.raises(ValharmError, match="aligner.alignment_check.reading='greedy' is unknown"):
+        VIMAligner(alignment_check={"reading": "greedy"})

@@ -31,7 +31,7 @@ from valharm.errors import ValharmError
 from valharm.models.batches import Example, SupervisedDataModule
 from valharm.models.loading import LoadedModel, add_lora
 from valharm.models.training import fit_adapter, main_process
-from valharm.values.alignment import AlignmentCheck
+from valharm.values.alignment import READINGS, AlignmentCheck
 from valharm.values.distributions import VALUES, ValueDistribution
 from valharm.values.questionnaire import argument_statement, rating_answer, rating_prompt
 
@@ -145,6 +145,10 @@ class VIMAligner:
             raise ValharmError(f"aligner.stage2='{stage2}' is unknown; use one of {', '.join(STAGE2_RULES)}")
         if cue not in CUES:
             raise ValharmError(f"aligner.cue='{cue}' is unknown; use one of {', '.join(CUES)}")
+        reading = (alignment_check or {}).get("reading", "answer_space")
+        if reading not in READINGS:
+            raise ValharmError(f"aligner.alignment_check.reading='{reading}' is unknown; use one of "
+                               f"{', '.join(READINGS)}")
         self.name, self.threshold, self.seed, self.score_rule = name, threshold, seed, score_rule
         self.stage2, self.shuffle_labels, self.cue = stage2, shuffle_labels, cue
         self.max_arguments = max_arguments
