@@ -73,9 +73,11 @@ def test_value_table_nmse_and_the_verdict_names_the_first_failing_level():
     outputs = [six if v == "Power" else one for _ in range(3) for v in VALUES]
     table = validation.value_table(outputs, contexts=3)
     assert table["Power"] > 5.8 and table["Security"] < 1.2
-    m0b = validation.level_m0b({"vanilla": {v: 3.0 for v in VALUES}, "power": table},
-                               {"power": extreme("power").as_dict()}, 0.05)
+    targets = {"power": extreme("power").as_dict(), "universalism": extreme("universalism").as_dict()}
+    m0b = validation.level_m0b({"vanilla": {v: 3.0 for v in VALUES}, "power": table}, targets, 0.05, judged=["power"])
     assert m0b["pass"] and m0b["runs"]["power"]["nmse"] < 0.01 and m0b["runs"]["power"]["vanilla_nmse"] == pytest.approx(0.18)
+    # the target-blind null answers the mean of the two targets (3.5 for Power and Universalism, 1 elsewhere)
+    assert m0b["runs"]["power"]["null_nmse"] == pytest.approx(0.05) and "universalism" not in m0b["runs"]
     levels = {"M0": {"pass": True}, "M0b": {"pass": True}, "M1": {"pass": False}, "M2": {"pass": False}}
     assert validation.verdict(levels)["fails_at"] == "M1"
     assert validation.verdict({k: {"pass": True} for k in levels})["fails_at"] is None
