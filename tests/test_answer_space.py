@@ -93,6 +93,6 @@ def test_the_whole_answer_shows_what_an_ideal_learner_holds_where_greedy_cannot(
     power = arguments["Power"].to_numpy() == 1
     whole = contrast(A.expected_ratings(spaces), power)
     assert whole == pytest.approx(1.48, abs=0.02)  # measured in issue 24: +1.48 on these 200 arguments
-    assert contrast(greedy, power) < 0.3  # the most frequent label is rarely Power
+    assert contrast(greedy, power) == pytest.approx(0.12, abs=0.01)  # greedy names the most frequent label: +0.12
     assert A.recognition(spaces, arguments) == pytest.approx(1.0)
     assert A.frequency_baseline(arguments, arguments) < 0.6
