@@ -1,4 +1,8 @@
-"""Aligners turn a base model and a value distribution into an aligned model (adapter or prompt)."""
+"""Aligners turn a base model and a value distribution into an aligned model (adapter or prompt): VIM, vanilla,
+ICL, SFT.
+
+May import values, data, models, generation, `errors` and `caching`; never `runs`, `analysis` or the entry points.
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass, field

@@ -3,6 +3,8 @@
 Metrics of benchmarks with categories (hexphi, beavertails; holisticbiasr per axis) hold the overall
 numbers at the top level and one dict per category, so they flatten to `<benchmark>/<metric>` and
 `<benchmark>/<category>/<metric>`; a category without prompts is `{"status": "missing"}` (no number), never zero.
+
+May import scoring, prompting, data, values, generation, models, `errors` and `caching`; never aligners or above.
 """
 from __future__ import annotations
 

@@ -1,4 +1,8 @@
-"""Dataset loaders and the small samples shipped with valharm (written for the project)."""
+"""Dataset loaders and the small samples shipped with valharm (written for the project).
+
+This module (the table reader and the samples' folder) imports only `errors`, so any layer may use it; the
+loaders (`touche`, `instructions`) sit above `values` and `models`, whose names and example type they use.
+"""
 from __future__ import annotations
 
 from pathlib import Path

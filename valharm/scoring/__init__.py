@@ -5,6 +5,9 @@ harmfulness: 1-5; flagging: flagged/unflagged) and a `kind` (its backend). Its i
 and from every setting that changes its numbers, so two scorers never share cache entries unless
 they would give the same answers. Valid and invalid verdicts are cached; failed calls are not, so a
 rerun tries them again.
+
+May import generation (the OpenAI-compatible client, local judges), models, `errors` and `caching`; never
+benchmarks or above.
 """
 from __future__ import annotations
 
