@@ -1,5 +1,6 @@
 """python -m valharm.validate end to end on the tiny model: every level measured, a verdict, a resumable run dir."""
 import json
+import shutil
 
 import pytest
 from conftest import ROOT, run_cli
@@ -49,6 +50,16 @@ def test_validate_writes_every_level_and_a_verdict_and_resumes(shared_data, tmp_
     assert again.returncode == 0, again.stderr[-3000:]
     assert "reloaded, not trained again" in again.stdout + again.stderr
     assert json.loads((run_dir / "validation.json").read_text())["levels"] == result["levels"]
+    report = run_cli(*args, "report_only=true", cwd=ROOT)  # measures what the run dir holds, trains nothing
+    assert report.returncode == 0, report.stderr[-3000:]
+    assert json.loads((run_dir / "validation.json").read_text())["levels"] == result["levels"]
+    shutil.rmtree(run_dir / "power_shuffled" / "adapter")  # a run missing: M1 cannot pass without its control
+    partial = run_cli(*args, "report_only=true", cwd=ROOT)
+    assert partial.returncode == 0, partial.stderr[-3000:]
+    measured = json.loads((run_dir / "validation.json").read_text())
+    assert measured["missing_runs"] == ["power_shuffled"] and measured["levels"]["M1"]["control"] is None
+    assert measured["levels"]["M1"]["pass"] in (None, False)
+    assert "Runs not in this run dir: power_shuffled." in (run_dir / "verdict.md").read_text()
 
 
 def test_validate_refuses_targets_that_are_not_two_basic_values(tmp_path):

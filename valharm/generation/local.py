@@ -20,10 +20,11 @@ from tqdm.auto import tqdm
 from transformers.cache_utils import Cache
 
 from valharm.errors import ValharmError
-from valharm.generation.requests import AnswerTreeRequest, GenerationRequest, LoglikelihoodRequest, OnBatch, request_key
+from valharm.models.loading import encode_prompts
+from valharm.generation.requests import (AnswerTreeRequest, GenerationRequest, LoglikelihoodRequest, OnBatch,
+                                        request_key)
 from valharm.generation.sampler import new_cache, next_tokens, sample_keys
 from valharm.generation.static_decoding import decode_static, supports_static
-from valharm.models.loading import encode_prompts
 
 
 class HFGenerator:

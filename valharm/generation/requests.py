@@ -6,8 +6,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
-from valharm.caching import Cache as ResultCache
-from valharm.caching import digest
+
+from valharm.caching import Cache as ResultCache, digest
 
 OnBatch = Callable[[list[int], list], None]
 

@@ -7,7 +7,6 @@ from transformers.cache_utils import Cache, DynamicCache, DynamicLayer
 
 from valharm.caching import digest
 
-
 def nucleus(logits: torch.Tensor, temperature: float, top_p: float,
             candidates: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(token ids, weights) of the top-p nucleus of each row of `logits` at `temperature`.

@@ -16,9 +16,9 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from valharm.errors import ValharmError
-from valharm.generation.openai_api import failure, openai_client
 from valharm.generation.requests import LoglikelihoodRequest, OnBatch
 from valharm.models.loading import adapter_digest, added_bos, encode_prompts
+from valharm.generation.openai_api import failure, openai_client
 
 
 class OpenAIGenerator:

@@ -3,7 +3,8 @@ load — positive control (labels cued in the text), real data, shuffled labels 
 model and ICL over the whole answer space, measure the levels and write `validation.json` and `verdict.md`.
 
 Rerunning into the same run dir resumes: finished training stages are reloaded, a stage killed mid-way continues
-from its last checkpoint, and ratings come from the run dir's cache.
+from its last checkpoint, and ratings come from the run dir's cache. `report_only=true` measures what a run dir
+holds (finished adapters, cached ratings) without training or reading anything, naming the runs it lacks.
 """
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ from valharm.benchmarks.pvq40 import load_items
 from valharm.caching import Cache, digest
 from valharm.data.touche import cue_labels
 from valharm.errors import ValharmError
-from valharm.generation.requests import LoglikelihoodRequest, cached_run
+from valharm.generation.requests import LoglikelihoodRequest, cached_run, request_key
 from valharm.models.loading import adapter_digest
 from valharm.models.precision import choose, hardware
 from valharm.runs.records import package_versions
@@ -73,7 +74,7 @@ class Validation:
         spec, self.generator = instantiate(cfg.model), instantiate(cfg.generation)
         self.plan = {"training": choose(cfg.precision, cfg.trainer.accelerator, spec.width()),
                      "generation": choose(cfg.precision, self.generator.device, spec.width())}
-        self.bundle = spec.load(self.plan["training"].dtype)
+        self.bundle = spec.load(self.plan["training"].dtype, weights=not cfg.report_only)
         self.parts = subsets(instantiate(cfg.dataset), cfg)
         self.items = load_items(cfg.pvq_path)
         self.requests = all_requests(self.bundle, self.parts, self.items)
@@ -94,6 +95,33 @@ class Validation:
         self.outputs[run] = {name: cached_run(self.generator, model, self.bundle.tokenizer, requests[name], self.cache,
                                               self.namespace(adapter_dir), desc=f"{run} {name}")[0] for name in sets}
         self.timing[f"{run}_rating_s"] = round(time.perf_counter() - start, 1)
+
+    def cached(self, run: str, requests: dict, sets: tuple, adapter_dir=None) -> None:
+        """`run`'s outputs from the cache alone, when every one of its ratings is there (`report_only`)."""
+        found = {}
+        for name in sets:
+            keys = [request_key(r) for r in requests[name]]
+            known = self.cache.get(self.namespace(adapter_dir), keys)
+            if len(known) < len(set(keys)):
+                log.info(f"validate: {run} has {len(known)} of {len(set(keys))} {name} ratings; left out")
+                return
+            found[name] = [known[k] for k in keys]
+        self.outputs[run] = found
+
+    def collect(self, targets: tuple[str, str]) -> None:
+        """Every run the run dir holds, finished adapter and ratings, without training or reading anything."""
+        self.cached("vanilla", self.requests, tuple(self.requests))
+        for target in targets:
+            icl = all_requests(self.bundle, self.parts, self.items, persona_prompt(extreme(target)))
+            self.cached(f"icl_{target}", icl, ("test", "pvq"))
+        for suffix in ("_cued", "", "_shuffled"):
+            for target in targets:
+                adapter = self.out / (target + suffix) / "adapter"
+                if adapter.is_dir():
+                    self.cached(target + suffix, self.requests, SETS[suffix], adapter)
+        if "vanilla" not in self.outputs:
+            raise ValharmError(f"{self.out} holds no ratings of the untuned model: run the validation into it first "
+                               f"(without report_only)")
 
     def references(self, targets: tuple[str, str]) -> None:
         """The untuned model on every set; ICL (the persona as system prompt) for each target."""
@@ -133,10 +161,13 @@ def run(cfg: DictConfig, out: Path) -> dict:
     job = Validation(cfg, out)
     log.info(f"validate: {', '.join(f'{len(r)} {name}' for name, r in job.requests.items())} requests per model; "
              f"the untuned model and ICL, then {a} and {b} in three arms (cued labels, real, shuffled labels)")
-    job.references((a, b))
-    for suffix in ("_cued", "", "_shuffled"):
-        for target in (a, b):
-            job.train(target, suffix)
+    if cfg.report_only:
+        job.collect((a, b))
+    else:
+        job.references((a, b))
+        for suffix in ("_cued", "", "_shuffled"):
+            for target in (a, b):
+                job.train(target, suffix)
     result = measure(cfg, job.outputs, job.parts, job.items, (names[a], names[b]))
     job.timing["total_s"] = round(time.perf_counter() - started, 1)
     result |= {"config": job.resolved, "code_version": code_version(), "hardware": hardware(),

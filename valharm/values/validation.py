@@ -93,18 +93,23 @@ def level_m1(test: dict[str, np.ndarray], labels: pd.DataFrame, targets: tuple[s
              control_margin: float, resamples: int, seed: int, suffix: str = "",
              control_test: dict[str, np.ndarray] | None = None) -> dict:
     """CC of the runs aligned to a and b (+ `suffix`) on test arguments, and the shuffled-label runs' CC (read on
-    `control_test`, the real arguments, when the arm reads others) within a margin of 0."""
+    `control_test`, the real arguments, when the arm reads others) within a margin of 0. Without both shuffled-label
+    runs the level cannot pass: `pass` is None (undetermined) unless the crossover itself fails."""
     a, b = targets
     (run_a, control_a), (run_b, control_b) = run_names(a), run_names(b)
     la, lb = (labels[a] == 1).to_numpy(), (labels[b] == 1).to_numpy()
     main = crossover_summary(test[run_a + suffix], test[run_b + suffix], la, lb, resamples, seed)
-    control_test = control_test or test
-    control = crossover_summary(control_test[control_a], control_test[control_b], la, lb, resamples, seed)
+    control_test = test if control_test is None else control_test
     contrasts = {run: {t: contrast(r, labels[t] == 1) for t in targets} for run, r in test.items()}
-    control_ok = abs(control["cc"]) <= control_margin  # vanilla's CC with itself is 0
-    passed = main["cc"] >= threshold and main["ci95"][0] > 0 and control_ok
+    crossed = main["cc"] >= threshold and main["ci95"][0] > 0
+    if control_a in control_test and control_b in control_test:
+        control = crossover_summary(control_test[control_a], control_test[control_b], la, lb, resamples, seed)
+        control["within_margin"] = abs(control["cc"]) <= control_margin  # vanilla's CC with itself is 0
+        passed = crossed and control["within_margin"]
+    else:
+        control, passed = None, None if crossed else False
     return {"arguments": len(labels), "labelled": {t: int((labels[t] == 1).sum()) for t in targets},
-            "crossover": main, "control": {**control, "within_margin": control_ok}, "contrasts": contrasts,
+            "crossover": main, "control": control, "contrasts": contrasts,
             "all_contrasts": {run: value_contrasts(r, labels) for run, r in test.items()},
             "threshold": threshold, "control_margin": control_margin, "pass": passed}
 
@@ -122,8 +127,12 @@ def level_m2(pvq: dict[str, np.ndarray], item_values: list[str], targets: tuple[
 
 
 def verdict(levels: dict[str, dict]) -> dict:
-    """The first level that fails, and what that says; or that every level passed."""
+    """The first level that fails, and what that says; or where the verdict stops for want of a run; or that every
+    level passed."""
     for name in LEVELS:
+        if levels[name]["pass"] is None:
+            return {"fails_at": None, "undetermined_at": name,
+                    "meaning": f"undetermined at {name}: a run it needs (the shuffled-label control) was not run"}
         if not levels[name]["pass"]:
             return {"fails_at": name, "meaning": LEVELS[name]}
     return {"fails_at": None, "meaning": "every level passed: alignment moves the values, up to the questionnaire"}

@@ -43,14 +43,22 @@ def arm_levels(cfg, ratings: dict, tables: dict, pvq: dict, parts: dict, items, 
 
 def reference_crossovers(cfg, ratings: dict, pvq: dict, parts: dict, items, targets) -> dict:
     """The crossover of the ICL runs, on test arguments and PVQ-40 items (the shuffled-label runs' is M1's control;
-    they are not read on the PVQ-40)."""
+    they are not read on the PVQ-40). Empty without both ICL runs."""
     a, b = targets
     values = np.array(items["value"].tolist())
     run_a, run_b = f"icl_{snake(a)}", f"icl_{snake(b)}"
+    if run_a not in ratings or run_b not in ratings:
+        return {}
     la, lb = (parts["test"][a] == 1).to_numpy(), (parts["test"][b] == 1).to_numpy()
     return {"icl": {
         "test": V.crossover_summary(ratings[run_a]["test"], ratings[run_b]["test"], la, lb, cfg.resamples, cfg.seed),
         "pvq": V.crossover_summary(pvq[run_a], pvq[run_b], values == a, values == b, cfg.resamples, cfg.seed)}}
+
+
+def expected_runs(targets) -> list[str]:
+    """Every run a complete validation rates."""
+    names = [snake(t) for t in targets]
+    return ["vanilla", *(f"icl_{n}" for n in names), *(n + suffix for suffix in ("_cued", "", "_shuffled") for n in names)]
 
 
 def measure(cfg, outputs: dict, parts: dict, items, targets: tuple[str, str]) -> dict:
@@ -60,16 +68,19 @@ def measure(cfg, outputs: dict, parts: dict, items, targets: tuple[str, str]) ->
     tables = {run: V.value_table(o["table"], len(parts["contexts"])) for run, o in outputs.items() if "table" in o}
     pvq = {run: r["pvq"] for run, r in ratings.items() if "pvq" in r}
     profiles = {run: V.pvq_profile(r, items["value"].tolist()) for run, r in pvq.items()}
-    arms = {suffix: arm_levels(cfg, ratings, tables, pvq, parts, items, targets, suffix) for suffix in ("_cued", "")}
+    arms = {suffix: arm_levels(cfg, ratings, tables, pvq, parts, items, targets, suffix) for suffix in ("_cued", "")
+            if all(snake(t) + suffix in outputs for t in targets)}
+    missing = [run for run in expected_runs(targets) if run not in outputs]
     targets_of = {run: extreme(run.removeprefix("icl_").removesuffix(suffix)).as_dict()
                   for run in outputs if run != "vanilla" for suffix in ("_cued", "_shuffled", "")
                   if run.endswith(suffix) and run.removeprefix("icl_").removesuffix(suffix) in map(snake, targets)}
-    return {"targets": list(targets), "reading": "answer_space",
+    real = arms.get("")
+    return {"targets": list(targets), "reading": "answer_space", "missing_runs": missing,
             "arms": {ARM_NAMES[s]: {"levels": levels, "verdict": V.verdict(levels)} for s, levels in arms.items()},
-            "levels": arms[""], "verdict": V.verdict(arms[""]),
+            "levels": real, "verdict": V.verdict(real) if real else {"fails_at": None, "meaning": "real-data runs missing"},
             "references": reference_crossovers(cfg, ratings, pvq, parts, items, targets),
             "recognition": recognitions(outputs, parts),
-            "pvq_nmse": V.pvq_nmse(profiles, targets_of), "pvq_profiles": profiles,
+            "pvq_nmse": V.pvq_nmse(profiles, targets_of), "pvq_profiles": profiles, "vanilla_table": tables["vanilla"],
             "fit_contrasts": {run: value_contrasts(r["fit"], parts["fit"]) for run, r in ratings.items() if "fit" in r},
             "mean_test_rating": {run: float(r["test"].mean()) for run, r in ratings.items() if "test" in r},
             "value_named": {run: A.summary(A.read(o["test"]), parts["test"], parts["train"])["value_named"]
@@ -96,42 +107,54 @@ def arm_row(name: str, levels: dict, verdict: dict, recognition: dict, suffix: s
             f"{ok[levels['M2']['pass']]} | {rec} | {test} | {verdict['fails_at'] or 'passes every level'} |")
 
 
+def recognition_of(rec: dict, runs: list[str], name: str) -> str:
+    return " / ".join(f"{rec[run][name]:.3f}" if run in rec else "not run" for run in runs)
+
+
 def verdict_table(result: dict) -> list[str]:
     a, b = result["targets"]
-    rec = result["recognition"]
-    refs, base = result["references"], rec["frequency_baseline"]
+    rec, refs = result["recognition"], result["references"]
     lines = [f"| arm | M0 gain {a} / {b} | M0b NMSE {a} / {b} | M1 CC [95% CI] | M2 CC [95% CI] | recognition fit "
              f"{a} / {b} | recognition test {a} / {b} | verdict |", "|---|---|---|---|---|---|---|---|"]
-    for suffix, name in (("_cued", "positive control (labels cued)"), ("", "real data")):
-        arm = result["arms"][name]
-        lines.append(arm_row(name, arm["levels"], arm["verdict"], rec, suffix, (a, b)))
-    control = result["arms"]["real data"]["levels"]["M1"]["control"]
-    shuffled = " / ".join(f"{rec[snake(t) + '_shuffled']['test']:.3f}" for t in (a, b))
-    lines.append(f"| shuffled labels (control) | n/a | n/a | {cc(control)} (abs(CC) ≤ "
-                 f"{result['arms']['real data']['levels']['M1']['control_margin']}: "
-                 f"{'pass' if control['within_margin'] else '**fail**'}) | not read | n/a | "
-                 f"{shuffled} | control |")
-    icl = " / ".join(f"{rec['icl_' + snake(t)]['test']:.3f}" for t in (a, b))
-    lines.append(f"| ICL (reference, no training) | n/a | n/a | {cc(refs['icl']['test'])} | {cc(refs['icl']['pvq'])} | "
-                 f"n/a | {icl} | reference |")
-    lines.append(f"| untuned (reference) | 0 | n/a | 0 | 0 | {rec['vanilla']['fit']:.3f} (cued "
-                 f"{rec['vanilla']['fit_cued']:.3f}) | {rec['vanilla']['test']:.3f} (cued "
-                 f"{rec['vanilla']['test_cued']:.3f}) | reference |")
+    for suffix, name in (("_cued", ARM_NAMES["_cued"]), ("", ARM_NAMES[""])):
+        if name in result["arms"]:
+            arm = result["arms"][name]
+            lines.append(arm_row(name, arm["levels"], arm["verdict"], rec, suffix, (a, b)))
+        else:
+            lines.append(f"| {name} | not run | | | | | | |")
+    control = (result["levels"] or {}).get("M1", {}).get("control")
+    runs = [f"{snake(t)}_shuffled" for t in (a, b)]
+    judged = (f"{cc(control)} (abs(CC) ≤ {result['levels']['M1']['control_margin']}: "
+              f"{'pass' if control['within_margin'] else '**fail**'})") if control else "not measured: a run missing"
+    lines.append(f"| {ARM_NAMES['_shuffled']} | n/a | n/a | {judged} | not read | n/a | "
+                 f"{recognition_of(rec, runs, 'test')} | control |")
+    icl = refs.get("icl")
+    lines.append(f"| ICL (reference, no training) | n/a | n/a | {cc(icl['test']) if icl else 'not run'} | "
+                 f"{cc(icl['pvq']) if icl else 'not run'} | n/a | "
+                 f"{recognition_of(rec, [f'icl_{snake(t)}' for t in (a, b)], 'test')} | reference |")
+    vanilla, base = rec["vanilla"], rec["frequency_baseline"]
+    lines.append(f"| untuned (reference) | 0 | n/a | 0 | 0 | {vanilla['fit']:.3f} (cued {vanilla['fit_cued']:.3f}) | "
+                 f"{vanilla['test']:.3f} (cued {vanilla['test_cued']:.3f}) | reference |")
     lines.append(f"| label-frequency baseline | | | | | {base['fit']:.3f} | {base['test']:.3f} | |")
     return lines
+
+
+def verdict_line(label: str, verdict: dict | None) -> str:
+    if verdict is None:
+        return f"**{label}:** not run."
+    failed = f"fails at {verdict['fails_at']} — " if verdict["fails_at"] else ""
+    return f"**{label}:** {failed}{verdict['meaning']}."
 
 
 def report(result: dict) -> str:
     """The verdict table, the NMSEs with their nulls, contrasts and value tables, as markdown."""
     a, b = result["targets"]
-    real = result["arms"]["real data"]
-    control = result["arms"]["positive control (labels cued)"]
+    arms = {name: arm.get("verdict") for name, arm in result["arms"].items()}
+    missing = f"Runs not in this run dir: {', '.join(result['missing_runs'])}." if result["missing_runs"] else ""
     lines = ["Reading: the whole answer space stage 2 teaches (10 values x 6 ratings, normalised); a rating is its "
-             "expectation over every answer.", "", *verdict_table(result), "",
-             f"**Verdict (real data):** {'fails at ' + real['verdict']['fails_at'] + ' — ' if real['verdict']['fails_at'] else ''}"
-             f"{real['verdict']['meaning']}.",
-             f"**Positive control:** {'fails at ' + control['verdict']['fails_at'] + ' — ' if control['verdict']['fails_at'] else ''}"
-             f"{control['verdict']['meaning']}.", "",
+             "expectation over every answer.", missing, "", *verdict_table(result), "",
+             verdict_line("Verdict (real data)", arms.get(ARM_NAMES[""])),
+             verdict_line("Positive control", arms.get(ARM_NAMES["_cued"])), "",
              "PVQ-40 NMSE against each run's target, beside the untuned model's, the target-blind null's (the mean of "
              "the design's targets) and the skill 1 − NMSE/NMSE(untuned):", "",
              "| run | NMSE | untuned | null | skill |", "|---|---|---|---|---|"]
@@ -144,14 +167,11 @@ def report(result: dict) -> str:
         named = result["value_named"].get(run, {})
         lines.append(f"| {run} | {fmt(d[a])} | {fmt(d[b])} | {result['mean_test_rating'].get(run, float('nan')):.2f} | "
                      f"{named.get(a, float('nan')):.3f} | {named.get(b, float('nan')):.3f} |")
-    m0b = real["levels"]["M0b"]
     lines += ["", "Value tables (M0b: expected rating after \"<value> is\", mean over contexts):", "",
               "| run | " + " | ".join(v[:4] for v in VALUES) + " | NMSE | null |", "|---|" + "---|" * (len(VALUES) + 2)]
-    tables = {"vanilla": (m0b["vanilla_table"], None, None), **{run: (r["table"], r["nmse"], r["null_nmse"])
-                                                                  for run, r in m0b["runs"].items()}}
-    for arm in ("positive control (labels cued)",):
-        tables |= {run: (r["table"], r["nmse"], r["null_nmse"])
-                   for run, r in result["arms"][arm]["levels"]["M0b"]["runs"].items()}
+    tables = {"vanilla": (result["vanilla_table"], None, None)}
+    for arm in result["arms"].values():
+        tables |= {run: (r["table"], r["nmse"], r["null_nmse"]) for run, r in arm["levels"]["M0b"]["runs"].items()}
     for run, (table, error, null) in tables.items():
         lines.append(f"| {run} | " + " | ".join(f"{table[v]:.2f}" for v in VALUES) +
                      f" | {'' if error is None else f'{error:.3f}'} | {'' if null is None else f'{null:.3f}'} |")
