@@ -45,7 +45,7 @@ def test_submitit_jobs_run_as_processes_and_a_killed_one_resumes(shared_data, tm
     sweep = tmp_path / "multirun"
     command = [sys.executable, "-m", "valharm.train", "-m", "hydra/launcher=submitit_local", "value=power,hedonism",
                "model=tiny", f"dataset.path={shared_data / 'valueEval_10.csv'}", "aligner.max_arguments=200",
-               "aligner.training.epochs=2", "aligner.training.lr=0.01",
+               "aligner.training.epochs=2", "aligner.training.lr=0.01", "aligner.alignment_check.max_arguments=16",
                *ONLY_PVQ_RTP, *QUIET, f"paths.cache_dir={tmp_path}/cache", f"hydra.sweep.dir={sweep}"]
     first = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     stages = ["argument_generation", "agreement_prediction"]
