@@ -58,7 +58,8 @@ def reference_crossovers(cfg, ratings: dict, pvq: dict, parts: dict, items, targ
 def expected_runs(targets) -> list[str]:
     """Every run a complete validation rates."""
     names = [snake(t) for t in targets]
-    return ["vanilla", *(f"icl_{n}" for n in names), *(n + suffix for suffix in ("_cued", "", "_shuffled") for n in names)]
+    trained = [n + suffix for suffix in ("_cued", "", "_shuffled") for n in names]
+    return ["vanilla", *(f"icl_{n}" for n in names), *trained]
 
 
 def measure(cfg, outputs: dict, parts: dict, items, targets: tuple[str, str]) -> dict:
@@ -77,11 +78,13 @@ def measure(cfg, outputs: dict, parts: dict, items, targets: tuple[str, str]) ->
     real = arms.get("")
     return {"targets": list(targets), "reading": "answer_space", "missing_runs": missing,
             "arms": {ARM_NAMES[s]: {"levels": levels, "verdict": V.verdict(levels)} for s, levels in arms.items()},
-            "levels": real, "verdict": V.verdict(real) if real else {"fails_at": None, "meaning": "real-data runs missing"},
+            "levels": real,
+            "verdict": V.verdict(real) if real else {"fails_at": None, "meaning": "real-data runs missing"},
             "references": reference_crossovers(cfg, ratings, pvq, parts, items, targets),
             "recognition": recognitions(outputs, parts),
             "pvq_nmse": V.pvq_nmse(profiles, targets_of), "pvq_profiles": profiles, "vanilla_table": tables["vanilla"],
-            "fit_contrasts": {run: value_contrasts(r["fit"], parts["fit"]) for run, r in ratings.items() if "fit" in r},
+            "fit_contrasts": {run: value_contrasts(r["fit_cued" if run.endswith("_cued") else "fit"], parts["fit"])
+                              for run, r in ratings.items() if "fit" in r or "fit_cued" in r},
             "mean_test_rating": {run: float(r["test"].mean()) for run, r in ratings.items() if "test" in r},
             "value_named": {run: A.summary(A.read(o["test"]), parts["test"], parts["train"])["value_named"]
                             for run, o in outputs.items() if "test" in o},
@@ -160,7 +163,12 @@ def report(result: dict) -> str:
              "| run | NMSE | untuned | null | skill |", "|---|---|---|---|---|"]
     lines += [f"| {run} | {r['nmse']:.3f} | {r['untuned_nmse']:.3f} | {r['null_nmse']:.3f} | {fmt(r['skill'])} |"
               for run, r in result["pvq_nmse"].items()]
-    lines += ["", "Contrasts D (mean rating of the value's arguments minus the rest) on the M0 training arguments:", "",
+    lines += ["", "Value recognition per run (probability the answer names a labelled value), by set of arguments:", "",
+              "| run | fit | test | fit, cued | test, cued |", "|---|---|---|---|---|"]
+    lines += [f"| {run} | " + " | ".join(f"{sets[name]:.3f}" if name in sets else "" for name in READ_ON) + " |"
+              for run, sets in result["recognition"].items() if run != "frequency_baseline"]
+    lines += ["", "Contrasts D (mean rating of the value's arguments minus the rest) on the M0 training arguments (cued for "
+              "the positive control's runs):", "",
               f"| run | D_{a} | D_{b} | mean test rating | P({a} named), test | P({b} named), test |",
               "|---|---|---|---|---|---|"]
     for run, d in result["fit_contrasts"].items():
