@@ -8,7 +8,7 @@ import numpy as np
 from valharm.values import answer_space as A
 from valharm.values import validation as V
 from valharm.values.alignment import value_contrasts
-from valharm.values.distributions import VALUES, extreme, snake
+from valharm.values.distributions import VALUES, extreme, nmse, snake
 
 ARM_NAMES = {"_cued": "positive control (labels cued)", "": "real data", "_shuffled": "shuffled labels (control)"}
 READ_ON = {"fit": "fit", "test": "test", "fit_cued": "fit", "test_cued": "test"}  # reading set -> arguments
@@ -55,6 +55,13 @@ def reference_crossovers(cfg, ratings: dict, pvq: dict, parts: dict, items, targ
         "pvq": V.crossover_summary(pvq[run_a], pvq[run_b], values == a, values == b, cfg.resamples, cfg.seed)}}
 
 
+def table_nmse(tables: dict, targets_of: dict) -> dict:
+    """(NMSE, target-blind null) of each trained run's value table against its target."""
+    null = V.blind_profile(targets_of)
+    return {run: (nmse(tables[run], target), nmse(null, target)) for run, target in targets_of.items()
+            if run in tables}
+
+
 def expected_runs(targets) -> list[str]:
     """Every run a complete validation rates."""
     names = [snake(t) for t in targets]
@@ -82,12 +89,15 @@ def measure(cfg, outputs: dict, parts: dict, items, targets: tuple[str, str]) ->
             "verdict": V.verdict(real) if real else {"fails_at": None, "meaning": "real-data runs missing"},
             "references": reference_crossovers(cfg, ratings, pvq, parts, items, targets),
             "recognition": recognitions(outputs, parts),
-            "pvq_nmse": V.pvq_nmse(profiles, targets_of), "pvq_profiles": profiles, "vanilla_table": tables["vanilla"],
+            "pvq_nmse": V.pvq_nmse(profiles, targets_of), "pvq_profiles": profiles, "tables": tables,
+            "table_nmse": table_nmse(tables, targets_of),
             "fit_contrasts": {run: value_contrasts(r["fit_cued" if run.endswith("_cued") else "fit"], parts["fit"])
                               for run, r in ratings.items() if "fit" in r or "fit_cued" in r},
-            "mean_test_rating": {run: float(r["test"].mean()) for run, r in ratings.items() if "test" in r},
-            "value_named": {run: A.summary(A.read(o["test"]), parts["test"], parts["train"])["value_named"]
-                            for run, o in outputs.items() if "test" in o},
+            "mean_test_rating": {run: float(r["test_cued" if run.endswith("_cued") else "test"].mean())
+                                 for run, r in ratings.items() if "test" in r or "test_cued" in r},
+            "value_named": {run: A.summary(A.read(o["test_cued" if run.endswith("_cued") else "test"]), parts["test"],
+                                           parts["train"])["value_named"]
+                            for run, o in outputs.items() if "test" in o or "test_cued" in o},
             "arguments": {k: len(v) for k, v in parts.items()}}
 
 
@@ -167,8 +177,8 @@ def report(result: dict) -> str:
               "| run | fit | test | fit, cued | test, cued |", "|---|---|---|---|---|"]
     lines += [f"| {run} | " + " | ".join(f"{sets[name]:.3f}" if name in sets else "" for name in READ_ON) + " |"
               for run, sets in result["recognition"].items() if run != "frequency_baseline"]
-    lines += ["", "Contrasts D (mean rating of the value's arguments minus the rest) on the M0 training arguments (cued for "
-              "the positive control's runs):", "",
+    lines += ["", "Contrasts D (mean rating of the value's arguments minus the rest) on the M0 training arguments "
+              "(cued for the positive control's runs):", "",
               f"| run | D_{a} | D_{b} | mean test rating | P({a} named), test | P({b} named), test |",
               "|---|---|---|---|---|---|"]
     for run, d in result["fit_contrasts"].items():
@@ -177,9 +187,7 @@ def report(result: dict) -> str:
                      f"{named.get(a, float('nan')):.3f} | {named.get(b, float('nan')):.3f} |")
     lines += ["", "Value tables (M0b: expected rating after \"<value> is\", mean over contexts):", "",
               "| run | " + " | ".join(v[:4] for v in VALUES) + " | NMSE | null |", "|---|" + "---|" * (len(VALUES) + 2)]
-    tables = {"vanilla": (result["vanilla_table"], None, None)}
-    for arm in result["arms"].values():
-        tables |= {run: (r["table"], r["nmse"], r["null_nmse"]) for run, r in arm["levels"]["M0b"]["runs"].items()}
+    tables = {run: (table, *result["table_nmse"].get(run, (None, None))) for run, table in result["tables"].items()}
     for run, (table, error, null) in tables.items():
         lines.append(f"| {run} | " + " | ".join(f"{table[v]:.2f}" for v in VALUES) +
                      f" | {'' if error is None else f'{error:.3f}'} | {'' if null is None else f'{null:.3f}'} |")
