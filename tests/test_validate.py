@@ -7,7 +7,7 @@ from conftest import ROOT, run_cli
 
 from valharm.values.validation import LEVELS
 
-SMALL = ["model=tiny", "train_arguments=24", "valid_arguments=8", "fit_arguments=12", "test_arguments=24",
+SMALL = ["model=tiny", "train_arguments=24", "valid_arguments=8", "fit_arguments=8", "test_arguments=16",
          "table_contexts=1", "resamples=200", "trainer.enable_progress_bar=false"]
 RUNS = {"vanilla", "icl_power", "icl_universalism", "power", "universalism", "power_shuffled", "universalism_shuffled",
         "power_cued", "universalism_cued"}
@@ -16,18 +16,19 @@ RUNS = {"vanilla", "icl_power", "icl_universalism", "power", "universalism", "po
 @pytest.mark.slow
 def test_validate_writes_every_level_and_a_verdict_and_resumes(shared_data, tmp_path):
     run_dir = tmp_path / "validate"
-    args = ("valharm.validate", *SMALL, f"paths.data_dir={shared_data}", f"hydra.run.dir={run_dir}")
-    out = run_cli(*args, cwd=ROOT)
+    args = ("valharm.validate", *SMALL, f"paths.data_dir={shared_data}", f"hydra.run.dir={run_dir}",
+            f"pvq_path={ROOT / 'valharm' / 'data' / 'samples' / 'pvq_sample.csv'}")  # 10 items (60 answers each)
+    out = run_cli(*args, cwd=ROOT, timeout=1200)
     assert out.returncode == 0, out.stderr[-3000:]
     result = json.loads((run_dir / "validation.json").read_text())
     assert set(result["levels"]) == set(LEVELS) and result["targets"] == ["Power", "Universalism"]
     assert result["reading"] == "answer_space"
-    assert result["arguments"] == {"train": 24, "valid": 8, "test": 24, "fit": 12, "contexts": 1}
+    assert result["arguments"] == {"train": 24, "valid": 8, "test": 16, "fit": 8, "contexts": 1}
     assert set(result["arms"]) == {"positive control (labels cued)", "real data"}
     for arm in result["arms"].values():
         assert set(arm["levels"]) == set(LEVELS) and arm["verdict"]["fails_at"] in (*LEVELS, None)
     m1 = result["levels"]["M1"]
-    assert m1["arguments"] == 24 and m1["crossover"]["ci95"][0] <= m1["crossover"]["ci95"][1]
+    assert m1["arguments"] == 16 and m1["crossover"]["ci95"][0] <= m1["crossover"]["ci95"][1]
     assert set(result["recognition"]) == RUNS | {"frequency_baseline"}
     assert set(result["recognition"]["vanilla"]) == {"fit", "test", "fit_cued", "test_cued"}
     assert all(0 <= r <= 1 for sets in result["recognition"].values() for r in sets.values())
@@ -46,7 +47,7 @@ def test_validate_writes_every_level_and_a_verdict_and_resumes(shared_data, tmp_
     shuffled = [json.loads(line) for line in
                 (run_dir / "power_shuffled" / "stages" / "agreement_prediction" / "train_examples.jsonl").open()]
     assert result["training"]["power_shuffled"]["shuffled_labels"] and len(shuffled) > 0
-    again = run_cli(*args, cwd=ROOT)  # same run dir: stages reloaded, ratings from the cache, same numbers
+    again = run_cli(*args, cwd=ROOT, timeout=1200)  # same run dir: stages reloaded, ratings cached, same numbers
     assert again.returncode == 0, again.stderr[-3000:]
     assert "reloaded, not trained again" in again.stdout + again.stderr
     assert json.loads((run_dir / "validation.json").read_text())["levels"] == result["levels"]
