@@ -55,8 +55,7 @@ def all_requests(bundle, parts: dict, items, system: str | None = None) -> dict[
         return bundle.format_prompt(rating_prompt(text), system)
 
     def arguments(frame, prefix: str) -> list:
-        return [A.answer_space_request(f"{prefix}/{i}", prompt(argument_statement(row)))
-                for i, (_, row) in enumerate(frame.iterrows())]
+        return A.argument_requests(bundle, frame, prefix, system)
 
     table = [LoglikelihoodRequest(f"table/{i}/{v}", prompt(argument_statement(row)) + f"{v} is", value_answers(v))
              for i, (_, row) in enumerate(parts["contexts"].iterrows()) for v in VALUES]

@@ -30,9 +30,11 @@ def answer_space_request(request_id: str, prompt: str) -> AnswerTreeRequest:
     return AnswerTreeRequest(request_id, prompt, BRANCHES, LEAVES)
 
 
-def argument_requests(bundle, arguments: pd.DataFrame, prefix: str = "touche") -> list[AnswerTreeRequest]:
-    """The whole answer space to each argument in VIM's stage-2 prompt (the model's own chat format)."""
-    return [answer_space_request(f"{prefix}/{i}", bundle.format_prompt(rating_prompt(argument_statement(row))))
+def argument_requests(bundle, arguments: pd.DataFrame, prefix: str = "touche",
+                      system: str | None = None) -> list[AnswerTreeRequest]:
+    """The whole answer space to each argument in VIM's stage-2 prompt (the model's own chat format; `system`: a
+    system prompt, e.g. an ICL persona)."""
+    return [answer_space_request(f"{prefix}/{i}", bundle.format_prompt(rating_prompt(argument_statement(row)), system))
             for i, (_, row) in enumerate(arguments.iterrows())]
 
 
