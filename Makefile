@@ -32,12 +32,17 @@ study-smoke: setup
 	$(BIN)/python -m valharm.train -m experiment=study_smoke
 	$(BIN)/python -m valharm.analyze 'runs=[outputs/study_smoke/runs]' hydra.run.dir=outputs/study_smoke/analysis
 
-# The suite without the end-to-end runs marked slow (under 10 minutes on 2 cores); test-slow runs those.
+# The suite without the end-to-end runs marked slow; test-slow runs those. Each test is single-threaded, so the
+# suite runs in TEST_WORKERS processes (pytest-xdist; one test file per worker at a time, so a file's fixtures
+# are built once): 2 uses both cores of a 2-core machine.
+TEST_WORKERS ?= 2
+PYTEST := OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile
+
 test: setup
-	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -m "not slow"
+	$(PYTEST) -m "not slow"
 
 test-slow: setup
-	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -m slow
+	$(PYTEST) -m slow
 
 bench: setup
 	$(BIN)/pip install --quiet -e ".[bench]"

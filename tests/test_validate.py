@@ -61,8 +61,23 @@ def test_validate_writes_every_level_and_a_verdict_and_resumes(shared_data, tmp_
     assert measured["missing_runs"] == ["power_shuffled"] and measured["levels"]["M1"]["control"] is None
     assert measured["levels"]["M1"]["pass"] in (None, False)
     assert "Runs not in this run dir: power_shuffled." in (run_dir / "verdict.md").read_text()
+    rung = tmp_path / "rung"  # one capacity rung: the real arm alone, the references from the shared ratings cache
+    ladder = run_cli(*args[:-2], f"hydra.run.dir={rung}", args[-1], "arms=[real]", "aligner.lora.r=16",
+                     f"ratings_cache={run_dir / 'ratings.sqlite'}", cwd=ROOT)
+    assert ladder.returncode == 0, ladder.stderr[-3000:]
+    measured = json.loads((rung / "validation.json").read_text())
+    assert measured["missing_runs"] == [] and set(measured["arms"]) == {"real data"}
+    assert sorted(p.name for p in rung.iterdir() if p.is_dir()) == ["power", "universalism"]
+    assert not (rung / "ratings.sqlite").exists()
+    assert measured["recognition"]["vanilla"] == result["recognition"]["vanilla"]
 
 
 def test_validate_refuses_targets_that_are_not_two_basic_values(tmp_path):
     out = run_cli("valharm.validate", "model=tiny", "targets=[power,power]", f"hydra.run.dir={tmp_path}", cwd=ROOT)
     assert out.returncode == 2 and "valharm: error: validate targets" in out.stderr
+
+
+def test_validate_refuses_an_unknown_arm(tmp_path):
+    out = run_cli("valharm.validate", "model=tiny", "arms=[real,placebo]", f"hydra.run.dir={tmp_path}", cwd=ROOT)
+    assert out.returncode == 2 and "valharm: error: validate arms=['real', 'placebo']: choose among cued, real, " \
+        "shuffled" in out.stderr

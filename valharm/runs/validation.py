@@ -28,7 +28,7 @@ from valharm.runs.rundir import code_version, generation_code_version, keep_trai
 from valharm.values import answer_space as A
 from valharm.values.distributions import VALUES, extreme, snake
 from valharm.values.questionnaire import argument_statement, rating_prompt, value_answers
-from valharm.values.verdict import measure, report
+from valharm.values.verdict import ARM_SUFFIXES, measure, report
 
 log = logging.getLogger("valharm")
 ARMS = {"": {}, "_shuffled": {"shuffle_labels": True}, "_cued": {"cue": "labels"}}  # run suffix -> aligner settings
@@ -77,7 +77,7 @@ class Validation:
         self.parts = subsets(instantiate(cfg.dataset), cfg)
         self.items = load_items(cfg.pvq_path)
         self.requests = all_requests(self.bundle, self.parts, self.items)
-        self.cache = Cache(out / "ratings.sqlite")
+        self.cache = Cache(cfg.ratings_cache or out / "ratings.sqlite")
         self.resolved = OmegaConf.to_container(cfg, resolve=True)
         self.config_hash = digest({"config": self.resolved, "code": code_version()})
         self.make_trainer = instantiate(cfg.trainer, _partial_=True)
@@ -107,13 +107,13 @@ class Validation:
             found[name] = [known[k] for k in keys]
         self.outputs[run] = found
 
-    def collect(self, targets: tuple[str, str]) -> None:
+    def collect(self, targets: tuple[str, str], suffixes: list[str]) -> None:
         """Every run the run dir holds, finished adapter and ratings, without training or reading anything."""
         self.cached("vanilla", self.requests, tuple(self.requests))
         for target in targets:
             icl = all_requests(self.bundle, self.parts, self.items, persona_prompt(extreme(target)))
             self.cached(f"icl_{target}", icl, ("test", "pvq"))
-        for suffix in ("_cued", "", "_shuffled"):
+        for suffix in suffixes:
             for target in targets:
                 adapter = self.out / (target + suffix) / "adapter"
                 if adapter.is_dir():
@@ -150,6 +150,15 @@ class Validation:
                  f"{self.timing[f'{run}_rating_s']} s")
 
 
+def arm_suffixes(arms) -> list[str]:
+    """The run suffixes of the arms asked for, in the order they run."""
+    unknown = [arm for arm in arms if arm not in ARM_SUFFIXES]
+    if unknown or not arms:
+        raise ValharmError(f"validate arms={list(arms)}: choose among {', '.join(ARM_SUFFIXES)} "
+                           f"(e.g. arms=[real] for a capacity rung, docs/validation.md)")
+    return [suffix for arm, suffix in ARM_SUFFIXES.items() if arm in arms]
+
+
 def run(cfg: DictConfig, out: Path) -> dict:
     started = time.perf_counter()
     a, b = (snake(t) for t in cfg.targets)
@@ -157,14 +166,15 @@ def run(cfg: DictConfig, out: Path) -> dict:
     if a not in names or b not in names or a == b:
         raise ValharmError(f"validate targets {list(cfg.targets)}: give two different basic values "
                            f"(e.g. targets=[power,universalism])")
+    suffixes = arm_suffixes(cfg.arms)
     job = Validation(cfg, out)
     log.info(f"validate: {', '.join(f'{len(r)} {name}' for name, r in job.requests.items())} requests per model; "
-             f"the untuned model and ICL, then {a} and {b} in three arms (cued labels, real, shuffled labels)")
+             f"the untuned model and ICL, then {a} and {b} in the arms {', '.join(cfg.arms)}")
     if cfg.report_only:
-        job.collect((a, b))
+        job.collect((a, b), suffixes)
     else:
         job.references((a, b))
-        for suffix in ("_cued", "", "_shuffled"):
+        for suffix in suffixes:
             for target in (a, b):
                 job.train(target, suffix)
     result = measure(cfg, job.outputs, job.parts, job.items, (names[a], names[b]))

@@ -11,6 +11,7 @@ from valharm.values.alignment import value_contrasts
 from valharm.values.distributions import VALUES, extreme, nmse, snake
 
 ARM_NAMES = {"_cued": "positive control (labels cued)", "": "real data", "_shuffled": "shuffled labels (control)"}
+ARM_SUFFIXES = {"cued": "_cued", "real": "", "shuffled": "_shuffled"}  # `arms` names -> run suffix, in run order
 READ_ON = {"fit": "fit", "test": "test", "fit_cued": "fit", "test_cued": "test"}  # reading set -> arguments
 
 
@@ -62,10 +63,10 @@ def table_nmse(tables: dict, targets_of: dict) -> dict:
             if run in tables}
 
 
-def expected_runs(targets) -> list[str]:
-    """Every run a complete validation rates."""
+def expected_runs(targets, arms) -> list[str]:
+    """Every run a complete validation of these arms rates."""
     names = [snake(t) for t in targets]
-    trained = [n + suffix for suffix in ("_cued", "", "_shuffled") for n in names]
+    trained = [n + ARM_SUFFIXES[arm] for arm in ARM_SUFFIXES if arm in arms for n in names]
     return ["vanilla", *(f"icl_{n}" for n in names), *trained]
 
 
@@ -78,7 +79,7 @@ def measure(cfg, outputs: dict, parts: dict, items, targets: tuple[str, str]) ->
     profiles = {run: V.pvq_profile(r, items["value"].tolist()) for run, r in pvq.items()}
     arms = {suffix: arm_levels(cfg, ratings, tables, pvq, parts, items, targets, suffix) for suffix in ("_cued", "")
             if all(snake(t) + suffix in outputs for t in targets)}
-    missing = [run for run in expected_runs(targets) if run not in outputs]
+    missing = [run for run in expected_runs(targets, cfg.arms) if run not in outputs]
     targets_of = {run: extreme(run.removeprefix("icl_").removesuffix(suffix)).as_dict()
                   for run in outputs if run != "vanilla" for suffix in ("_cued", "_shuffled", "")
                   if run.endswith(suffix) and run.removeprefix("icl_").removesuffix(suffix) in map(snake, targets)}
