@@ -111,7 +111,7 @@ def cc(summary: dict) -> str:
 
 
 def arm_row(name: str, levels: dict, verdict: dict, recognition: dict, suffix: str, targets) -> str:
-    ok = {True: "pass", False: "**fail**"}
+    ok = {True: "pass", False: "**fail**", None: "undetermined"}  # None: its control run is missing
     gains = " / ".join(fmt(r["gain"]) for r in levels["M0"]["targets"].values())
     m0b = " / ".join(f"{levels['M0b']['runs'][snake(t) + suffix]['nmse']:.3f}" for t in targets)
     rec = " / ".join(f"{recognition[snake(t) + suffix][f'fit{suffix}']:.3f}" for t in targets)
