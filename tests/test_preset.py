@@ -2,7 +2,6 @@
 import json
 
 import pytest
-
 from conftest import ROOT, run_cli
 
 
@@ -20,7 +19,7 @@ def test_preset_study_records_the_studys_settings_and_what_still_differs(shared_
     results = json.loads((tmp_path / "run" / "results.json").read_text())
     settings = results["study_settings"]
     assert settings["preset"] == "study"
-    assert "judge=LocalJudge (study: GPT-4o)" in settings["differences"]
+    assert "judge=LocalJudge (study: OpenAIJudge, judge=openai_study)" in settings["differences"]
     assert "benchmarks.hexphi: not run" in settings["differences"]
     assert not any("templates" in d or "scored_text" in d or "preferences" in d for d in settings["differences"])
     config = results["config"]["benchmarks"]

@@ -11,7 +11,10 @@ Stage 2 (agreement prediction) teaches the persona to rate statements on the 1-6
 Two controls change the data, not the construction: `shuffle_labels` permutes the label rows across arguments
 (which argument expresses which value is lost), `cue=labels` names each argument's labelled values at the end of
 its premise (which value an argument expresses becomes readable from its text: the positive control).
-Labels are read by column name (the study's reader took them by position, one column off).
+Labels are read by column name; `labels=study_positional` reproduces the study's stage-2 reader (by position, one
+column off) to rebuild the models the paper was trained on. The words of both stages are valharm's or, with
+`templates`, a file's (the study's: the shared data's vim_templates/study.json), as the model's own prompt format or
+`prompt_format=raw` (the study's: the text itself).
 Every run writes the examples it trains on to `stages/<stage>/{train,valid}_examples.jsonl` before training.
 """
 from __future__ import annotations
@@ -26,14 +29,20 @@ import lightning as L
 import pandas as pd
 
 from valharm.aligners import Alignment
-from valharm.data.touche import CUES, cue_labels, labelled_values
+from valharm.data.touche import (
+    CUES,
+    LABEL_READERS,
+    cue_labels,
+    labelled_values,
+    study_positional_labels,
+)
 from valharm.errors import ValharmError
 from valharm.models.batches import Example, SupervisedDataModule
 from valharm.models.loading import LoadedModel, add_lora
 from valharm.models.training import fit_adapter, main_process
 from valharm.values.alignment import READINGS, AlignmentCheck
 from valharm.values.distributions import VALUES, ValueDistribution
-from valharm.values.questionnaire import argument_statement, rating_answer, rating_prompt
+from valharm.values.wording import VALHARM, Wording
 
 SCORE_RULES = {"min": min, "mean": lambda xs: sum(xs) / len(xs)}
 STAGE2_RULES = ("per_value", "per_argument")
@@ -51,7 +60,7 @@ class VIMExample(Example):
     rating: int | None = None
 
     def record(self) -> dict:
-        return {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
+        return {k: v for k, v in dataclasses.asdict(self).items() if v is not None and k != "raw"}
 
 
 def argument_score(row: pd.Series, scores: dict[str, float], rule: str = "min") -> float | None:
@@ -60,14 +69,11 @@ def argument_score(row: pd.Series, scores: dict[str, float], rule: str = "min") 
     return SCORE_RULES[rule]([scores[v] for v in values]) if values else None
 
 
-def argument_example(row: pd.Series, score: float, threshold: float, argument: int = -1) -> VIMExample:
+def argument_example(row: pd.Series, score: float, threshold: float, argument: int = -1,
+                     wording: Wording = VALHARM) -> VIMExample:
     """Stage 1: would the persona voice this argument (score >= threshold) or not."""
-    claim = f'I {"agree" if row["Stance"] == "in favor of" else "disagree"} with this, because {row["Premise"]}'
-    if score >= threshold:
-        return VIMExample(f'What would you say about this statement? "{row["Conclusion"]}"',
-                          f'I would say: "{claim}"', argument)
-    return VIMExample(f'What would you never say about this statement? "{row["Conclusion"]}"',
-                      f'I would not say: "{claim}"', argument)
+    prompt, response = wording.argument(row, score >= threshold)
+    return VIMExample(prompt, response, raw=wording.raw, argument=argument)
 
 
 def sample_rating(score: float, rng: random.Random) -> int:
@@ -77,26 +83,29 @@ def sample_rating(score: float, rng: random.Random) -> int:
     return low if fraction == 0 else rng.choices([low, low + 1], weights=[1 - fraction, fraction])[0]
 
 
-def rated_example(row: pd.Series, value: str, rating: int, argument: int = -1) -> VIMExample:
-    return VIMExample(rating_prompt(argument_statement(row)), rating_answer(rating, value), argument, value, rating)
+def rated_example(row: pd.Series, value: str, rating: int, argument: int = -1,
+                  wording: Wording = VALHARM) -> VIMExample:
+    return VIMExample(wording.rating_question(row), wording.answer(value, rating), raw=wording.raw,
+                      argument=argument, value=value, rating=rating)
 
 
 def per_value_examples(row: pd.Series, scores: dict[str, float], rng: random.Random,
-                       argument: int = -1) -> list[VIMExample]:
+                       argument: int = -1, wording: Wording = VALHARM) -> list[VIMExample]:
     """Stage 2, the study's construction: one example per labelled value, rated from that value's own score."""
-    return [rated_example(row, v, sample_rating(scores[v], rng), argument) for v in labelled_values(row)]
+    return [rated_example(row, v, sample_rating(scores[v], rng), argument, wording) for v in labelled_values(row)]
 
 
 def per_argument_example(row: pd.Series, score: float, scores: dict[str, float], rng: random.Random,
-                         argument: int = -1) -> VIMExample:
+                         argument: int = -1, wording: Wording = VALHARM) -> VIMExample:
     """Stage 2, valharm's variant: one example per argument, rated from the stage-1 score; the answer names the
     labelled value whose score is nearest it (ties: the higher), so an argument gets one rating."""
     value = min(labelled_values(row), key=lambda v: (abs(scores[v] - score), -scores[v]))
-    return rated_example(row, value, sample_rating(score, rng), argument)
+    return rated_example(row, value, sample_rating(score, rng), argument, wording)
 
 
 def build_examples(frame: pd.DataFrame, value: ValueDistribution, threshold: float, seed: int,
-                   score_rule: str = "min", stage2: str = "per_value") -> tuple[list[VIMExample], list[VIMExample], int]:
+                   score_rule: str = "min", stage2: str = "per_value",
+                   wording: Wording = VALHARM) -> tuple[list[VIMExample], list[VIMExample], int]:
     """(stage-1 examples, stage-2 examples, number of unlabelled arguments skipped)."""
     scores, rng = value.as_dict(), random.Random(seed)
     stage1, stage2_examples, skipped = [], [], 0
@@ -105,11 +114,11 @@ def build_examples(frame: pd.DataFrame, value: ValueDistribution, threshold: flo
         if score is None:
             skipped += 1
             continue
-        stage1.append(argument_example(row, score, threshold, index))
+        stage1.append(argument_example(row, score, threshold, index, wording))
         if stage2 == "per_value":
-            stage2_examples.extend(per_value_examples(row, scores, rng, index))
+            stage2_examples.extend(per_value_examples(row, scores, rng, index, wording))
         else:
-            stage2_examples.append(per_argument_example(row, score, scores, rng, index))
+            stage2_examples.append(per_argument_example(row, score, scores, rng, index, wording))
     return stage1, stage2_examples, skipped
 
 
@@ -138,11 +147,14 @@ class VIMAligner:
     def __init__(self, name: str = "vim", threshold: float = 3.0, seed: int = 42, max_arguments: int | None = None,
                  lora: dict | None = None, training: dict | None = None, score_rule: str = "min",
                  stage2: str = "per_value", shuffle_labels: bool = False, cue: str = "none",
-                 alignment_check: dict | None = None):
+                 alignment_check: dict | None = None, templates: str | None = None, prompt_format: str = "model",
+                 labels: str = "by_name"):
         if score_rule not in SCORE_RULES:
             raise ValharmError(f"aligner.score_rule='{score_rule}' is unknown; use one of {', '.join(SCORE_RULES)}")
         if stage2 not in STAGE2_RULES:
             raise ValharmError(f"aligner.stage2='{stage2}' is unknown; use one of {', '.join(STAGE2_RULES)}")
+        if labels not in LABEL_READERS:
+            raise ValharmError(f"aligner.labels='{labels}' is unknown; use one of {', '.join(LABEL_READERS)}")
         if cue not in CUES:
             raise ValharmError(f"aligner.cue='{cue}' is unknown; use one of {', '.join(CUES)}")
         reading = (alignment_check or {}).get("reading", "answer_space")
@@ -151,10 +163,11 @@ class VIMAligner:
                                f"{', '.join(READINGS)}")
         self.name, self.threshold, self.seed, self.score_rule = name, threshold, seed, score_rule
         self.stage2, self.shuffle_labels, self.cue = stage2, shuffle_labels, cue
-        self.max_arguments = max_arguments
+        self.max_arguments, self.labels = max_arguments, labels
+        self.wording = Wording.load(templates, prompt_format)
         self.lora = dict(lora or {})
         self.training = {"lr": 2e-5, "epochs": 5, "batch_size": 8, "max_length": 128, "max_length_agreement": 256,
-                         "packing": "auto", "compile": False, **(training or {})}
+                         "weight_decay": 0.0, "packing": "auto", "compile": False, **(training or {})}
         self.alignment_check = dict(alignment_check or {})
 
     def examples(self, splits: dict[str, pd.DataFrame], value: ValueDistribution) -> dict:
@@ -163,8 +176,13 @@ class VIMAligner:
             splits = {name: shuffle_labels(part, self.seed) for name, part in splits.items()}
         if self.cue == "labels":
             splits = {name: cue_labels(part) for name, part in splits.items()}
-        return {name: build_examples(part, value, self.threshold, self.seed, self.score_rule, self.stage2)
-                for name, part in splits.items()}
+        built = {name: build_examples(part, value, self.threshold, self.seed, self.score_rule, self.stage2,
+                                      self.wording) for name, part in splits.items()}
+        if self.labels == "study_positional":  # stage 2 only: the study's stage-1 data read labels by name
+            built = {name: (built[name][0], build_examples(study_positional_labels(part), value, self.threshold,
+                                                           self.seed, self.score_rule, self.stage2, self.wording)[1],
+                            built[name][2]) for name, part in splits.items()}
+        return built
 
     def align(self, bundle: LoadedModel, value: ValueDistribution, splits: dict[str, pd.DataFrame], run_dir: Path,
               make_trainer) -> Alignment:
@@ -177,7 +195,7 @@ class VIMAligner:
         metrics = {"arguments": {name: len(part) for name, part in splits.items()},
                    "unlabelled_arguments": sum(b[2] for b in built.values()),
                    "stage2": self.stage2, "score_rule": self.score_rule, "shuffled_labels": self.shuffle_labels,
-                   "cue": self.cue}
+                   "cue": self.cue, "labels": self.labels, **self.wording.record()}
         stages = {}
         for index, stage in enumerate(STAGES):  # tokenise both stages up front so bad data fails before training
             train, valid = built["train"][index], built["valid"][index]
@@ -192,10 +210,11 @@ class VIMAligner:
         for stage, data in stages.items():
             metrics[stage] = fit_adapter(model, data, run_dir / "stages" / stage, make_trainer, lr=self.training["lr"],
                                          seed=self.seed, stage=stage, epochs=self.training["epochs"],
-                                         compile=self.training["compile"])
+                                         compile=self.training["compile"],
+                                         weight_decay=self.training["weight_decay"])
         adapter_dir = run_dir / "adapter"
         if main_process():
             model.save_pretrained(adapter_dir)
         settings = {k: v for k, v in self.alignment_check.items() if k != "enabled"}
-        check = AlignmentCheck(splits["test"], **settings) if self.alignment_check.get("enabled", True) else None
+        check = AlignmentCheck(splits["test"], wording=self.wording, **settings) if self.alignment_check.get("enabled", True) else None
         return Alignment(model=model, adapter_dir=adapter_dir, metrics=metrics, check=check)

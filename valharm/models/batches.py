@@ -17,10 +17,12 @@ IGNORE_INDEX = -100
 
 @dataclass(frozen=True)
 class Example:
-    """One supervised pair: the user's message and the answer the model should learn."""
+    """One supervised pair: the user's message and the answer the model should learn (`raw`: the prompt is the text
+    itself, not put in the model's chat or instruction format)."""
 
     prompt: str
     response: str
+    raw: bool = False
 
 
 def encode(bundle: LoadedModel, example: Example, max_length: int) -> dict | None:
@@ -29,7 +31,8 @@ def encode(bundle: LoadedModel, example: Example, max_length: int) -> dict | Non
     Returns None when the prompt alone fills `max_length` (nothing left to learn from).
     """
     tok = bundle.tokenizer
-    prompt_ids = encode_prompts(tok, [bundle.format_prompt(example.prompt)])[0]
+    text = bundle.bos_text + example.prompt if example.raw else bundle.format_prompt(example.prompt)
+    prompt_ids = encode_prompts(tok, [text])[0]
     response_ids = tok(example.response, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
     room = max_length - len(prompt_ids)
     if room <= 0:

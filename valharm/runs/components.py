@@ -111,14 +111,16 @@ def detach_adapter(model) -> None:
 
 def precision_plan(cfg: DictConfig, parts: dict, training: bool) -> dict[str, Precision]:
     """The precision of local generation (none: a server generates) and of training, for train jobs, from
-    `precision` and the hardware."""
+    `precision` (training: `aligner.training.precision` where set) and the hardware."""
     width = parts["model"].width()
     generator = parts["generator"]
     plan = {"generation": choose(cfg.precision, generator.device, width)} if generator.needs_weights else {}
     if training:
         if "precision" in cfg.trainer:
             raise ValharmError("trainer.precision is set by valharm; choose it with precision=auto|bf16|fp16|fp32")
-        plan["training"] = choose(cfg.precision, cfg.trainer.accelerator, width)
+        # aligner.training.precision: the training's own (the study trained in fp32), else `precision`
+        requested = OmegaConf.select(cfg, "aligner.training.precision", default=None) or cfg.precision
+        plan["training"] = choose(requested, cfg.trainer.accelerator, width)
     return plan
 
 
