@@ -201,3 +201,38 @@ def test_the_bias_scores_bootstrap_seed_is_given_to_scipy_as_the_study_did():
                                    method="percentile", random_state=np.random.default_rng(1)).confidence_interval.high
     score, _ = bias_score({("a", "b"): negatives}, 0.01, "overall", 1, as_random_state=True)
     assert score == 1.0
+
+
+def test_the_studys_stage1_split_per_distribution_and_its_overlap_with_the_test_split(shared_data, tmp_path):
+    from valharm.aligners.vim import VIMAligner, all_arguments, per_distribution_stage1
+    from valharm.data.touche import load_splits
+
+    splits = load_splits(str(shared_data / "valueEval_10.csv"))
+    examples, record = per_distribution_stage1(all_arguments(splits), power(), 3, 42, "min", VALHARM,
+                                               splits["test"].index)
+    assert record["stage1_arguments"] == {"train": 5_899, "valid": 738}
+    assert record["stage1_voiced"]["train"] == 14 and sum(e.response.startswith("I would say") for e in
+                                                          examples["train"]) == 14
+    assert record["test_arguments_in_stage1_train"] == 586  # of the shared test split's 737 (589 by text)
+    trained = {e.argument for e in examples["train"]}
+    assert len(trained) == 5_899 and len(trained & set(splits["test"].index)) == 586
+    presplit = load_splits(splits={n: str(shared_data / f"touche_split_{n}.csv") for n in ("train", "valid", "test")})
+    with pytest.raises(ValharmError, match="load them from one file"):
+        all_arguments(presplit)
+    with pytest.raises(ValharmError, match="stage1_split='random'"):
+        VIMAligner(stage1_split="random")
+    assert preset_aligner(shared_data).stage1_split == "per_distribution"
+
+
+def test_plain_shuffle_batches_are_a_seeded_permutation():
+    from valharm.models.batches import EpochSampler
+
+    lengths = [3, 50, 4, 49, 5, 48, 6, 47] * 4
+    grouped, shuffled = EpochSampler(lengths, 4, 0), EpochSampler(lengths, 4, 0, "shuffle")
+    order = list(shuffled)
+    assert sorted(order) == list(range(len(lengths))) and order == list(EpochSampler(lengths, 4, 0, "shuffle"))
+    assert order != list(grouped)
+    shuffled.set_epoch(1)
+    assert list(shuffled) != order
+    with pytest.raises(ValharmError, match="batching='sorted'"):
+        EpochSampler(lengths, 4, 0, "sorted")

@@ -37,7 +37,7 @@ from valharm.data.touche import (
     study_positional_labels,
 )
 from valharm.errors import ValharmError
-from valharm.models.batches import Example, SupervisedDataModule
+from valharm.models.batches import BATCHINGS, Example, SupervisedDataModule
 from valharm.models.loading import LoadedModel, add_lora
 from valharm.models.training import fit_adapter, main_process
 from valharm.values.alignment import READINGS, AlignmentCheck
@@ -122,6 +122,44 @@ def build_examples(frame: pd.DataFrame, value: ValueDistribution, threshold: flo
     return stage1, stage2_examples, skipped
 
 
+STAGE1_SPLITS = ("shared", "per_distribution")
+
+
+def all_arguments(splits: dict[str, pd.DataFrame]) -> pd.DataFrame:
+    """The dataset's arguments in their file's order, from its train/valid/test split of one file."""
+    full = pd.concat([splits[name] for name in ("train", "valid", "test")]).sort_index()
+    if not full.index.equals(pd.RangeIndex(len(full))):
+        raise ValharmError("aligner.stage1_split=per_distribution splits all the dataset's arguments as the study did: "
+                           "load them from one file (dataset.path, e.g. valueEval_10.csv), not dataset.splits")
+    return full
+
+
+def per_distribution_stage1(arguments: pd.DataFrame, value: ValueDistribution, threshold: float, seed: int,
+                            score_rule: str, wording: Wording, test_index) -> tuple[dict, dict]:
+    """The study's stage-1 data (its preprocessing.py): every argument scored for this distribution, the voiced and
+    the unvoiced ones each split 80/10/10 (`sample(frac=0.8, random_state=seed)`, then half of the rest), so the
+    split follows the distribution. ({split: examples, `argument` = the row in the file}, what it did: sizes,
+    voiced counts and how many of `test_index` (the shared test split) it trains on)."""
+    scores = value.as_dict()
+    scored = {i: argument_score(row, scores, score_rule) for i, row in arguments.iterrows()}
+    groups = {"voiced": [i for i, s in scored.items() if s is not None and s >= threshold],
+              "unvoiced": [i for i, s in scored.items() if s is not None and s < threshold]}
+    cut = {}
+    for kind, rows in groups.items():
+        frame = arguments.loc[rows]
+        train = frame.sample(frac=0.8, random_state=seed)
+        rest = frame.drop(train.index)
+        valid = rest.sample(frac=0.5, random_state=seed)
+        cut[kind] = {"train": train, "valid": valid, "test": rest.drop(valid.index)}
+    examples = {split: [argument_example(row, scored[i], threshold, i, wording)
+                        for kind in groups for i, row in cut[kind][split].iterrows()] for split in ("train", "valid")}
+    trained = set(cut["voiced"]["train"].index) | set(cut["unvoiced"]["train"].index)
+    return examples, {"stage1_split": "per_distribution",
+                      "stage1_arguments": {split: len(examples[split]) for split in examples},
+                      "stage1_voiced": {split: len(cut["voiced"][split]) for split in ("train", "valid", "test")},
+                      "test_arguments_in_stage1_train": len(trained & set(test_index))}
+
+
 def shuffle_labels(frame: pd.DataFrame, seed: int) -> pd.DataFrame:
     """A control: the arguments' value-label rows permuted across arguments (seeded). The ratings the data
     teaches keep their distribution; which argument carries which value is broken."""
@@ -148,13 +186,18 @@ class VIMAligner:
                  lora: dict | None = None, training: dict | None = None, score_rule: str = "min",
                  stage2: str = "per_value", shuffle_labels: bool = False, cue: str = "none",
                  alignment_check: dict | None = None, templates: str | None = None, prompt_format: str = "model",
-                 labels: str = "by_name"):
+                 labels: str = "by_name", stage1_split: str = "shared"):
         if score_rule not in SCORE_RULES:
             raise ValharmError(f"aligner.score_rule='{score_rule}' is unknown; use one of {', '.join(SCORE_RULES)}")
         if stage2 not in STAGE2_RULES:
             raise ValharmError(f"aligner.stage2='{stage2}' is unknown; use one of {', '.join(STAGE2_RULES)}")
         if labels not in LABEL_READERS:
             raise ValharmError(f"aligner.labels='{labels}' is unknown; use one of {', '.join(LABEL_READERS)}")
+        if stage1_split not in STAGE1_SPLITS:
+            raise ValharmError(f"aligner.stage1_split='{stage1_split}' is unknown; use one of {', '.join(STAGE1_SPLITS)}")
+        if stage1_split == "per_distribution" and (shuffle_labels or cue != "none"):
+            raise ValharmError("aligner.stage1_split=per_distribution reproduces the study's data: use it with "
+                               "shuffle_labels=false and cue=none")
         if cue not in CUES:
             raise ValharmError(f"aligner.cue='{cue}' is unknown; use one of {', '.join(CUES)}")
         reading = (alignment_check or {}).get("reading", "answer_space")
@@ -163,11 +206,15 @@ class VIMAligner:
                                f"{', '.join(READINGS)}")
         self.name, self.threshold, self.seed, self.score_rule = name, threshold, seed, score_rule
         self.stage2, self.shuffle_labels, self.cue = stage2, shuffle_labels, cue
-        self.max_arguments, self.labels = max_arguments, labels
+        self.max_arguments, self.labels, self.stage1_split = max_arguments, labels, stage1_split
         self.wording = Wording.load(templates, prompt_format)
         self.lora = dict(lora or {})
         self.training = {"lr": 2e-5, "epochs": 5, "batch_size": 8, "max_length": 128, "max_length_agreement": 256,
-                         "weight_decay": 0.0, "packing": "auto", "compile": False, **(training or {})}
+                         "weight_decay": 0.0, "batching": "length_grouped", "packing": "auto", "compile": False,
+                         **(training or {})}
+        if self.training["batching"] not in BATCHINGS:
+            raise ValharmError(f"aligner.training.batching='{self.training['batching']}' is unknown; use one of "
+                               f"{', '.join(BATCHINGS)}")
         self.alignment_check = dict(alignment_check or {})
 
     def examples(self, splits: dict[str, pd.DataFrame], value: ValueDistribution) -> dict:
@@ -189,13 +236,19 @@ class VIMAligner:
         """`splits`: train/valid/test arguments (the dataset's split; valid picks the kept epoch)."""
         if not isinstance(splits, dict) or set(splits) != {"train", "valid", "test"}:
             raise ValharmError("aligner=vim trains on Touché arguments: use dataset=touche23")
+        full = all_arguments(splits) if self.stage1_split == "per_distribution" else None
         if self.max_arguments:
             splits = {name: part.head(self.max_arguments) for name, part in splits.items()}
         built = self.examples(splits, value)
         metrics = {"arguments": {name: len(part) for name, part in splits.items()},
                    "unlabelled_arguments": sum(b[2] for b in built.values()),
                    "stage2": self.stage2, "score_rule": self.score_rule, "shuffled_labels": self.shuffle_labels,
-                   "cue": self.cue, "labels": self.labels, **self.wording.record()}
+                   "cue": self.cue, "labels": self.labels, "stage1_split": self.stage1_split, **self.wording.record()}
+        if full is not None:  # stage 1 from all arguments, split per distribution; stage 2 keeps the shared split
+            stage1, record = per_distribution_stage1(full, value, self.threshold, self.seed, self.score_rule,
+                                                     self.wording, splits["test"].index)
+            built = {name: (stage1[name][:self.max_arguments or None], *built[name][1:]) for name in stage1}
+            metrics |= record
         stages = {}
         for index, stage in enumerate(STAGES):  # tokenise both stages up front so bad data fails before training
             train, valid = built["train"][index], built["valid"][index]
@@ -204,7 +257,7 @@ class VIMAligner:
                     write_examples(run_dir / "stages" / stage / EXAMPLES_FILE.format(split=split), examples)
             length = self.training["max_length" if index == 0 else "max_length_agreement"]
             stages[stage] = SupervisedDataModule(bundle, train, valid, self.training["batch_size"], length, self.seed,
-                                                 self.training.get("packing", "auto"))
+                                                 self.training.get("packing", "auto"), self.training["batching"])
         L.seed_everything(self.seed, verbose=False)  # the adapter's initial weights follow the seed
         model = add_lora(bundle.model, **self.lora)
         for stage, data in stages.items():
@@ -216,5 +269,6 @@ class VIMAligner:
         if main_process():
             model.save_pretrained(adapter_dir)
         settings = {k: v for k, v in self.alignment_check.items() if k != "enabled"}
-        check = AlignmentCheck(splits["test"], wording=self.wording, **settings) if self.alignment_check.get("enabled", True) else None
+        enabled = self.alignment_check.get("enabled", True)
+        check = AlignmentCheck(splits["test"], wording=self.wording, **settings) if enabled else None
         return Alignment(model=model, adapter_dir=adapter_dir, metrics=metrics, check=check)
