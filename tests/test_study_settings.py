@@ -113,3 +113,12 @@ def test_the_readme_names_each_setting_the_study_differs_in():
         row = next((r for r in rows if r.startswith(f"| {what}")), None)
         assert row is not None, what
         assert len([c for c in row.split(" | ") if c.strip(" |")]) >= 4, row  # default, the study's, the override
+
+
+def test_a_benchmark_on_the_shipped_sample_or_a_hub_id_is_named_so(shared_data):
+    config, choices = resolved("preset=study", "model=tiny", f"paths.data_dir={shared_data}", "benchmarks.rtp.path=null")
+    assert (f"benchmarks.rtp.path=None (valharm's shipped sample) (study: {shared_data}/real_toxic_prompts.csv)"
+            in study.differences(config, choices))
+    config["benchmarks"]["rtp"]["hub_id"] = "allenai/real-toxicity-prompts"
+    assert any(d.startswith("benchmarks.rtp.path=None (hub allenai/real-toxicity-prompts)")
+               for d in study.differences(config, choices))

@@ -118,7 +118,12 @@ def reference(config: dict, choices: dict) -> tuple[dict, dict]:
     return settings, groups
 
 
-def shown(value):
+def shown(value, config: dict | None = None, key: str = ""):
+    """A value as a difference shows it: strings with odd spaces quoted, a data path left unset named for what is
+    read instead."""
+    if value is None and key.endswith(".path") and config is not None:
+        hub = get(config, key.removesuffix(".path") + ".hub_id")
+        return f"None (hub {hub})" if hub else "None (valharm's shipped sample)"
     return repr(value) if isinstance(value, str) and value != " ".join(value.split()) else value
 
 
@@ -154,7 +159,7 @@ def differences(config: dict, choices: dict | None = None) -> list[str]:
             if file_digest(ours) != STUDY_TEMPLATES[task]:
                 found.append(f"{key}={ours or 'valharm rubric'} (study: its judge prompt, {theirs})")
         elif ours != theirs:
-            found.append(f"{key}={shown(ours)} (study: {shown(theirs)})")
+            found.append(f"{key}={shown(ours, config, key)} (study: {shown(theirs)})")
     strategy = config.get("prompt_strategy") or {}
     if strategy.get("value") and not strategy.get("values") and strategy.get("category_values") != study_value_map():
         found.append(f"prompt_strategy={strategy.get('name')} names other values than the study's map "

@@ -26,13 +26,7 @@ from valharm.runs.components import (
     load_base,
     precision_plan,
 )
-from valharm.runs.processes import (
-    announce,
-    attempt_id,
-    check_process_launch,
-    set_threads,
-    wait_for_rank_zero,
-)
+from valharm.runs.processes import announce, attempt_id, check_process_launch, set_threads, wait_for_rank_zero
 from valharm.runs.records import (
     ADAPTER_ORIGIN,
     failure_summary,
