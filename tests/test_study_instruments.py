@@ -236,3 +236,15 @@ def test_plain_shuffle_batches_are_a_seeded_permutation():
     assert list(shuffled) != order
     with pytest.raises(ValharmError, match="batching='sorted'"):
         EpochSampler(lengths, 4, 0, "sorted")
+
+
+def test_pvq40s_answer_space_reads_in_the_words_the_adapter_trained(shared_data, tiny_bundle):
+    from valharm.benchmarks.pvq40 import PVQ40
+    from valharm.prompting import Prompter, PromptStrategy
+
+    study = Wording.load(str(shared_data / "vim_templates" / "study.json"), "raw")
+    bench = PVQ40(path=str(shared_data / "pvq40.csv"), scoring="answer_space")
+    trained = bench.requests(Prompter(tiny_bundle, PromptStrategy(), None, None, study))[0]
+    assert trained.branches[VALUES.index("Power")] == "Because I think power is"
+    assert trained.leaves[0] == " not important to me at all, my answer is 1."
+    assert bench.requests(Prompter(tiny_bundle, PromptStrategy(), None))[0].branches == answer_space.BRANCHES

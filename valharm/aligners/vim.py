@@ -271,4 +271,4 @@ class VIMAligner:
         settings = {k: v for k, v in self.alignment_check.items() if k != "enabled"}
         enabled = self.alignment_check.get("enabled", True)
         check = AlignmentCheck(splits["test"], wording=self.wording, **settings) if enabled else None
-        return Alignment(model=model, adapter_dir=adapter_dir, metrics=metrics, check=check)
+        return Alignment(model=model, adapter_dir=adapter_dir, metrics=metrics, check=check, wording=self.wording)

@@ -21,6 +21,7 @@ from valharm.models.precision import Precision, choose
 from valharm.prompting import Prompter
 from valharm.runs.baseline import SERVED, beside_base, log_beside_base
 from valharm.runs.tracking import NoTracker
+from valharm.values.wording import VALHARM
 
 log = logging.getLogger("valharm")
 
@@ -146,7 +147,7 @@ def evaluate(bundle, alignment: Alignment, parts: dict, run_dir: Path, namespace
     metrics, records, info, timing, cache_counts = {}, list(records or []), {}, {}, {}
     generator = parts["generator"]
     prompter = Prompter(bundle, parts["strategy"], parts["value"] if alignment.value_aligned else None,
-                        alignment.system_prompt)
+                        alignment.system_prompt, alignment.wording or VALHARM)
     for name, benchmark in parts["benchmarks"].items():
         requests = benchmark.requests(prompter)
         start = time.perf_counter()
