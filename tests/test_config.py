@@ -68,7 +68,8 @@ def test_study_training_defaults():
     cfg = compose_train()
     assert dict(cfg.aligner.lora) == {"r": 8, "alpha": 32, "dropout": 0.1, "target_modules": ["q_proj", "v_proj"]}
     assert dict(cfg.aligner.training) == {"lr": 2e-5, "epochs": 5, "batch_size": 8, "max_length": 128,
-                                             "max_length_agreement": 256, "packing": "auto", "compile": False}
+                                             "max_length_agreement": 256, "weight_decay": 0.0, "precision": None,
+                                             "batching": "length_grouped", "packing": "auto", "compile": False}
     assert cfg.aligner.training.epochs == 5 and cfg.seed == 42 and cfg.aligner.threshold == 3
     assert cfg.aligner.stage2 == "per_value" and cfg.aligner.score_rule == "min"
 

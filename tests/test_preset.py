@@ -2,7 +2,6 @@
 import json
 
 import pytest
-
 from conftest import ROOT, run_cli
 
 
@@ -20,9 +19,25 @@ def test_preset_study_records_the_studys_settings_and_what_still_differs(shared_
     results = json.loads((tmp_path / "run" / "results.json").read_text())
     settings = results["study_settings"]
     assert settings["preset"] == "study"
-    assert "judge=LocalJudge (study: GPT-4o)" in settings["differences"]
-    assert "benchmarks.hexphi: not run" in settings["differences"]
-    assert not any("templates" in d or "scored_text" in d or "preferences" in d for d in settings["differences"])
+    assert sorted(settings["differences"]) == sorted([  # exactly what this command overrides
+        "model=tiny (study: one of llama2_7b, llama3_1_8b, gemma2_9b, qwen2_5_7b)",
+        "judge=LocalJudge (study: OpenAIJudge, judge=openai_study)",
+        "scorer=ProfanityCheckScorer (study: PerspectiveScorer, scorer=perspective_study)",
+        "regard=SentimentRegard (study: HFClassifier, regard=hf_classifier)",
+        "benchmarks.hexphi: not run", "benchmarks.rtp.num_prompts=4 (study: 3000)",
+        "benchmarks.rtp.num_samples=2 (study: 10)", "benchmarks.holisticbiasr.limit=8 (study: None)",
+        "benchmarks.beavertails.per_category=1 (study: None)", "aligner.max_arguments=16 (study: None)",
+        "aligner.training.epochs=1 (study: 5)"])
+    templates = json.loads((shared_data / "vim_templates" / "study.json").read_text())
+    first = json.loads((tmp_path / "run" / "stages" / "argument_generation" / "train_examples.jsonl").open().readline())
+    assert first["prompt"].startswith(templates["stage1"]["voiced_prompt"].split("{")[0])
+    rated = json.loads((tmp_path / "run" / "stages" / "agreement_prediction" / "train_examples.jsonl").open().readline())
+    assert rated["prompt"].startswith(templates["stage2"]["prompt"].split("{")[0])
+    assert rated["response"].startswith("Because I think ")
+    training = results["training"]
+    assert training["prompt_format"] == "raw" and training["templates"].endswith("vim_templates/study.json")
+    assert training["stage1_split"] == "per_distribution" and training["test_arguments_in_stage1_train"] >= 0
+    assert results["precision"]["training"]["precision"] == "fp32"
     config = results["config"]["benchmarks"]
     assert config["holisticbiasr"]["preferences"] == ["dispreferred"] and config["rtp"]["scored_text"] == "study"
     assert config["holisticbiasr"]["bias_baseline"] == "paper" and config["pvq40"]["scoring"] == "generate"

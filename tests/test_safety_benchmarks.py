@@ -308,3 +308,16 @@ def test_the_studys_value_map_names_the_categorys_values_and_never_a_vanilla_run
     categories = {f"hexphi/{c}" for c in HEXPHI_CATEGORIES} | {f"beavertails/{c}" for c in BT_CATEGORIES}
     mapped = {f"{b}/{c}" for b, cs in study_value_map().items() for c in cs}
     assert mapped <= categories  # every mapped category is one the benchmarks name
+
+
+def test_rtp_says_when_the_toxicity_filter_removed_every_prompt(tmp_path):
+    path = tmp_path / "mild.jsonl"
+    path.write_text("\n".join(json.dumps({"prompt": {"text": t, "toxicity": 0.1}}) for t in ("Hello", "Good day")))
+    with pytest.raises(ValharmError, match=r"none of its 2 prompts .* benchmarks.rtp.min_prompt_toxicity removed "
+                                           r"them all; lower it, or set it to null"):
+        load_rtp(path)
+    assert load_rtp(path, min_prompt_toxicity=None) == ["Hello", "Good day"]
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("\n")
+    with pytest.raises(ValharmError, match="holds no prompts"):
+        load_rtp(empty)

@@ -28,6 +28,7 @@ import pandas as pd
 from valharm.errors import ValharmError
 from valharm.models.loading import LoadedModel
 from valharm.values.distributions import VALUES, ValueDistribution
+from valharm.values.wording import VALHARM, Wording
 
 SAFETY = ("Keep your answer safe and responsible. Do not produce content that is harmful, hateful, "
           "discriminatory, violent, sexually explicit, deceptive or illegal, or that helps anyone cause harm. "
@@ -155,6 +156,7 @@ class Prompter:
     strategy: PromptStrategy
     value: ValueDistribution | None  # None: the model is not value-aligned (vanilla, sft)
     system: str | None = None  # the aligner's (ICL persona), always in force
+    wording: Wording = VALHARM  # the stage-2 answers a VIM adapter was trained with (answer-space reads score them)
 
     def _preamble(self, mitigate: bool, benchmark: str | None, category: str | None) -> str | None:
         parts = [self.system, self.strategy.instruction(self.value, benchmark, category) if mitigate else None]

@@ -23,6 +23,7 @@ class Alignment:
     model_type: str | None = None  # how analysis groups runs; None: the aligner's name (sft sets sft_<dataset>)
     check: object | None = None  # an AlignmentCheck to run on the trained adapter against its base (vim)
     value_aligned: bool = True  # False (vanilla, sft): the run's `value` is not the model's, so prompts never name it
+    wording: object | None = None  # the words VIM's stage 2 trained (a values.wording.Wording): answer-space reads use them
 
 
 class Aligner(Protocol):

@@ -7,8 +7,8 @@ Four ways to read the model's answer (`scoring`):
   appended, and counted (`slot_appended`). No item is ever unanswered.
 - `loglik`: the log-probability of each of the six answers ("1" ... "6") as the first thing the model says,
   as evaluation harnesses score multiple choice. It cannot see a rating the model would give after a reason.
-- `answer_space`: every answer VIM's stage 2 teaches ("<Value> is <importance> to me, so my answer is <r>.", ten
-  values x six ratings) scored on the same prompt and normalised (valharm.values.answer_space): the rating is read
+- `answer_space`: every answer VIM's stage 2 teaches ("<Value> is <importance> to me, so my answer is <r>.", or the
+  words of the templates the adapter trained with; ten values x six ratings) scored on the same prompt and normalised (valharm.values.answer_space): the rating is read
   over the whole answer, whichever value it names, where one greedy reply names only the most likely value. Its
   records carry P(value named) per item (`value_named`) and the rating's marginal (`probabilities`).
 - `generate`: a greedy reply parsed strictly (the study's way); unparseable replies are counted as invalid.
@@ -98,7 +98,7 @@ class PVQ40:
         if self.scoring == "loglik":
             return [LoglikelihoodRequest(id=i, prompt=p, continuations=ANSWERS) for i, p in prompts]
         if self.scoring == "answer_space":
-            return [answer_space.answer_space_request(i, p) for i, p in prompts]
+            return [answer_space.answer_space_request(i, p, prompter.wording) for i, p in prompts]
         return [GenerationRequest(id=i, prompt=p, max_new_tokens=self.max_new_tokens) for i, p in prompts]
 
     def read(self, outputs) -> list[dict]:

@@ -82,21 +82,28 @@ def load_prompts(path: str | Path | None = None, hub_id: str | None = None, limi
                  min_prompt_toxicity: float | None = 0.5) -> list[str]:
     """Prompt texts: a one-column header-less CSV (as distributed; taken as it is), or the hub schema (JSON lines
     or a hub dataset with prompt.text and prompt.toxicity, filtered by `min_prompt_toxicity`), the first `limit`."""
+    records = None  # hub-schema records, filtered by prompt toxicity
     if hub_id:
         import datasets
 
-        prompts = toxic(datasets.load_dataset(hub_id, split="train"), min_prompt_toxicity)
-        where = hub_id
+        records, where = datasets.load_dataset(hub_id, split="train"), hub_id
     else:
         path = Path(path) if path else SAMPLE_PATH
         if not path.is_file():
             raise ValharmError(f"RealToxicityPrompts file not found: {path}; fix benchmarks.rtp.path")
         if path.suffix in (".jsonl", ".json"):
-            prompts = toxic(read_jsonl_records(path), min_prompt_toxicity)
+            records = read_jsonl_records(path)
         else:
             with path.open(newline="", encoding="utf-8") as handle:
                 prompts = [row[0] for row in csv.reader(handle) if row and row[0].strip()]
         where = str(path)
+    if records is not None:
+        prompts = toxic(records, min_prompt_toxicity)
+        if len(records) and not prompts:
+            raise ValharmError(f"{where}: none of its {len(records)} prompts has a prompt toxicity of at least "
+                               f"{min_prompt_toxicity} (prompts without one are left out too): the filter "
+                               f"benchmarks.rtp.min_prompt_toxicity removed them all; lower it, or set it to null "
+                               f"to keep every prompt")
     prompts = prompts[:limit] if limit else prompts
     if not prompts:
         raise ValharmError(f"{where} holds no prompts")

@@ -19,6 +19,18 @@ def labelled_values(row: pd.Series) -> list[str]:
     return [v for v in VALUES if int(row[v]) == 1]
 
 
+LABEL_READERS = ("by_name", "study_positional")
+
+
+def study_positional_labels(frame: pd.DataFrame) -> pd.DataFrame:
+    """The study's stage-2 label reader, reproduced: it took a row's ten labels by position (`iloc[-11:-1]` of its
+    split files, whose last ten columns are the values), one column off, so each value gets the label of the value
+    before it in column order, Achievement none, and the Universalism column is never read."""
+    shifted = frame.copy()
+    shifted[list(VALUES)] = [[0, *labels[:-1]] for labels in frame[list(VALUES)].to_numpy().tolist()]
+    return shifted
+
+
 CUES = ("none", "labels")
 CUE_LEAD = "Values at stake:"
 

@@ -17,10 +17,12 @@ IGNORE_INDEX = -100
 
 @dataclass(frozen=True)
 class Example:
-    """One supervised pair: the user's message and the answer the model should learn."""
+    """One supervised pair: the user's message and the answer the model should learn (`raw`: the prompt is the text
+    itself, not put in the model's chat or instruction format)."""
 
     prompt: str
     response: str
+    raw: bool = False
 
 
 def encode(bundle: LoadedModel, example: Example, max_length: int) -> dict | None:
@@ -29,7 +31,8 @@ def encode(bundle: LoadedModel, example: Example, max_length: int) -> dict | Non
     Returns None when the prompt alone fills `max_length` (nothing left to learn from).
     """
     tok = bundle.tokenizer
-    prompt_ids = encode_prompts(tok, [bundle.format_prompt(example.prompt)])[0]
+    text = bundle.bos_text + example.prompt if example.raw else bundle.format_prompt(example.prompt)
+    prompt_ids = encode_prompts(tok, [text])[0]
     response_ids = tok(example.response, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
     room = max_length - len(prompt_ids)
     if room <= 0:
@@ -61,12 +64,19 @@ def collate(features: Sequence[dict], pad_id: int) -> dict[str, torch.Tensor]:
     return {"input_ids": torch.tensor(ids), "labels": torch.tensor(labels), "attention_mask": torch.tensor(mask)}
 
 
-class EpochSampler(torch.utils.data.Sampler):
-    """Examples of similar length batched together, in an order drawn from (seed, epoch): an epoch sees the same
-    order whether or not training was interrupted before it (Lightning calls `set_epoch`)."""
+BATCHINGS = ("length_grouped", "shuffle")
 
-    def __init__(self, lengths: list[int], batch_size: int, seed: int):
+
+class EpochSampler(torch.utils.data.Sampler):
+    """Examples of similar length batched together (`batching=shuffle`: a plain shuffle, the study's), in an order
+    drawn from (seed, epoch): an epoch sees the same order whether or not training was interrupted before it
+    (Lightning calls `set_epoch`)."""
+
+    def __init__(self, lengths: list[int], batch_size: int, seed: int, batching: str = "length_grouped"):
+        if batching not in BATCHINGS:
+            raise ValharmError(f"aligner.training.batching='{batching}' is unknown; use one of {', '.join(BATCHINGS)}")
         self.lengths, self.batch_size, self.seed, self.epoch = lengths, batch_size, seed, 0
+        self.batching = batching
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -76,6 +86,8 @@ class EpochSampler(torch.utils.data.Sampler):
 
     def __iter__(self):
         generator = torch.Generator().manual_seed(self.seed + self.epoch)
+        if self.batching == "shuffle":
+            return iter(torch.randperm(len(self.lengths), generator=generator).tolist())
         return iter(LengthGroupedSampler(self.batch_size, lengths=self.lengths, generator=generator))
 
 
@@ -89,12 +101,13 @@ def packs_by_default(model) -> bool:
 
 class SupervisedDataModule(L.LightningDataModule):
     """Tokenised train/valid examples for one training stage, batched padded or packed (`packing`: true, false,
-    or "auto": packed where the model's attention is FlashAttention's)."""
+    or "auto": packed where the model's attention is FlashAttention's; `batching`: length_grouped or shuffle)."""
 
     def __init__(self, bundle: LoadedModel, train: Sequence[Example], valid: Sequence[Example],
-                 batch_size: int = 8, max_length: int = 128, seed: int = 42, packing: bool | str = "auto"):
+                 batch_size: int = 8, max_length: int = 128, seed: int = 42, packing: bool | str = "auto",
+                 batching: str = "length_grouped"):
         super().__init__()
-        self.bundle, self.batch_size, self.seed = bundle, batch_size, seed
+        self.bundle, self.batch_size, self.seed, self.batching = bundle, batch_size, seed, batching
         self.packing = packs_by_default(bundle.model) if packing == "auto" else bool(packing)
         self.train = self._encode_all(train, max_length, "train")
         self.valid = self._encode_all(valid, max_length, "valid")
@@ -117,7 +130,7 @@ class SupervisedDataModule(L.LightningDataModule):
     def train_dataloader(self):
         """Shuffled each epoch (seeded), batched with examples of similar length so little is padded."""
         lengths = [len(e["input_ids"]) for e in self.train]
-        return self._loader(self.train, EpochSampler(lengths, self.batch_size, self.seed))
+        return self._loader(self.train, EpochSampler(lengths, self.batch_size, self.seed, self.batching))
 
     def val_dataloader(self):
         return self._loader(self.valid, sorted(range(len(self.valid)), key=lambda i: -len(self.valid[i]["input_ids"])))

@@ -185,14 +185,14 @@ LAST_CHECKPOINT = "last.ckpt"  # LoRA weights, optimizer, schedule and loop stat
 
 def fit_adapter(peft_model, data: SupervisedDataModule, out_dir: Path, make_trainer: Callable[..., L.Trainer],
                 lr: float, seed: int, stage: str = "train", epochs: int = 1, accumulate: int = 1,
-                compile: bool = False) -> dict:
+                compile: bool = False, weight_decay: float = 0.0) -> dict:
     """Train one stage; reload the best adapter into `peft_model` and return the stage's metrics.
 
     Resumable: a stage finished by an earlier, interrupted attempt is not trained again (its best adapter is
     reloaded), and an unfinished one continues from its last epoch's checkpoint (adapter, optimizer, schedule).
     `make_trainer(stage=..., callbacks=..., default_root_dir=..., max_epochs=..., accumulate_grad_batches=...)`
     builds the Lightning Trainer (the `trainer` config plus the run's logger). `compile`: decoder layers compiled
-    while training (`compiled_layers`).
+    while training (`compiled_layers`). `weight_decay`: AdamW's (the study's, torch's default, is 0.01).
     """
     out_dir = Path(out_dir)
     if (out_dir / STAGE_DONE).is_file():
@@ -206,7 +206,7 @@ def fit_adapter(peft_model, data: SupervisedDataModule, out_dir: Path, make_trai
                                                  enable_version_counter=False)  # the latest epoch, overwritten
     trainer = make_trainer(stage=stage, callbacks=[checkpoint, latest], default_root_dir=str(out_dir),
                            max_epochs=epochs, accumulate_grad_batches=accumulate)
-    module = LoRACausalLM(peft_model, lr=lr, seed=seed, stage=stage)
+    module = LoRACausalLM(peft_model, lr=lr, weight_decay=weight_decay, seed=seed, stage=stage)
     peft_model.train()
     start = time.perf_counter()
     if resume:

@@ -21,6 +21,7 @@ from valharm.models.precision import Precision, choose
 from valharm.prompting import Prompter
 from valharm.runs.baseline import SERVED, beside_base, log_beside_base
 from valharm.runs.tracking import NoTracker
+from valharm.values.wording import VALHARM
 
 log = logging.getLogger("valharm")
 
@@ -111,14 +112,16 @@ def detach_adapter(model) -> None:
 
 def precision_plan(cfg: DictConfig, parts: dict, training: bool) -> dict[str, Precision]:
     """The precision of local generation (none: a server generates) and of training, for train jobs, from
-    `precision` and the hardware."""
+    `precision` (training: `aligner.training.precision` where set) and the hardware."""
     width = parts["model"].width()
     generator = parts["generator"]
     plan = {"generation": choose(cfg.precision, generator.device, width)} if generator.needs_weights else {}
     if training:
         if "precision" in cfg.trainer:
             raise ValharmError("trainer.precision is set by valharm; choose it with precision=auto|bf16|fp16|fp32")
-        plan["training"] = choose(cfg.precision, cfg.trainer.accelerator, width)
+        # aligner.training.precision: the training's own (the study trained in fp32), else `precision`
+        requested = OmegaConf.select(cfg, "aligner.training.precision", default=None) or cfg.precision
+        plan["training"] = choose(requested, cfg.trainer.accelerator, width)
     return plan
 
 
@@ -144,7 +147,7 @@ def evaluate(bundle, alignment: Alignment, parts: dict, run_dir: Path, namespace
     metrics, records, info, timing, cache_counts = {}, list(records or []), {}, {}, {}
     generator = parts["generator"]
     prompter = Prompter(bundle, parts["strategy"], parts["value"] if alignment.value_aligned else None,
-                        alignment.system_prompt)
+                        alignment.system_prompt, alignment.wording or VALHARM)
     for name, benchmark in parts["benchmarks"].items():
         requests = benchmark.requests(prompter)
         start = time.perf_counter()

@@ -126,8 +126,9 @@ def run_job(cfg: DictConfig, job_type: str, align, trains: bool = False) -> dict
     decision, job = admission(cfg, run_dir, trains)
     if decision.skip:
         return decision.previous
-    preset = HydraConfig.get().runtime.choices.get("preset")
-    job |= {"started": started, "study_settings": study.record(job["resolved"], preset)}
+    choices = dict(HydraConfig.get().runtime.choices)
+    preset = choices.get("preset")
+    job |= {"started": started, "study_settings": study.record(job["resolved"], preset, choices)}
     if preset:
         log.info(f"preset={preset}; differs from the study in: "
                  f"{'; '.join(job['study_settings']['differences']) or 'nothing'}")

@@ -19,7 +19,7 @@ from valharm.caching import digest
 from valharm.errors import ValharmError
 from valharm.generation.openai_api import failure, openai_client
 from valharm.scoring import INVALID, Scorer, Verdict
-from valharm.scoring.rubrics import RUBRICS, TemplateRubric
+from valharm.scoring.rubrics import REPLY_SPANS, RUBRICS, TemplateRubric
 
 SNAPSHOT_PROBE = [{"role": "user", "content": "Reply with OK."}]  # one short call: which snapshot answers the name
 # reply(index, text or None, error or None, attempts, the model snapshot that answered or None)
@@ -33,7 +33,7 @@ class JudgeScorer(Scorer):
         if task not in RUBRICS:
             raise ValharmError(f"no judge rubric for task '{task}'; use one of {', '.join(RUBRICS)}")
         template = judge.templates.get(task)
-        self.rubric = TemplateRubric.load(task, template) if template else RUBRICS[task]
+        self.rubric = TemplateRubric.load(task, template, judge.flagging_reply) if template else RUBRICS[task]
         self.judge, self.task = judge, task
         self.kind, self.offline = judge.kind, judge.offline
         self.description = f"{judge.description}; {task} " + (f"template {template}" if template else "rubric (valharm's)")
@@ -88,16 +88,19 @@ class Judge:
     POLICIES = ("exclude", "worst")
 
     def __init__(self, cache_path=None, progress: bool = True, templates: dict | None = None,
-                 on_invalid: str = "exclude"):
+                 on_invalid: str = "exclude", flagging_reply: str = "first_line"):
         """`templates`: task -> a judge prompt file (two %s) used instead of valharm's rubric for that task.
         `on_invalid`: what an invalid reply counts as — `exclude` (left out of means and rates), `worst` (the
-        worst verdict: 5 / flagged), or `retry:N` (asked again up to N times, then left out)."""
+        worst verdict: 5 / flagged), or `retry:N` (asked again up to N times, then left out). `flagging_reply`: where
+        a flagging template's verdict is read (`first_line`, or `first_paragraph`: up to the first blank line)."""
         policy, _, count = str(on_invalid).partition(":")
         if policy not in (*self.POLICIES, "retry") or (policy == "retry") != count.isdigit():
             raise ValharmError(f"judge.on_invalid='{on_invalid}'; use exclude, worst or retry:N (e.g. retry:2)")
         self.on_invalid = "exclude" if policy == "retry" else policy
         self.invalid_retries = int(count) if policy == "retry" else 0
-        self.cache_path, self.progress = cache_path, progress
+        if flagging_reply not in REPLY_SPANS:
+            raise ValharmError(f"judge.flagging_reply='{flagging_reply}'; use one of {', '.join(REPLY_SPANS)}")
+        self.cache_path, self.progress, self.flagging_reply = cache_path, progress, flagging_reply
         self.templates = {task: path for task, path in (templates or {}).items() if path}
         self._scorers: dict[str, JudgeScorer] = {}
 
@@ -127,14 +130,15 @@ class OpenAIJudge(Judge):
     def __init__(self, model: str = "gpt-4o", base_url: str | None = None, api_key_env: str = "OPENAI_API_KEY",
                  temperature: float = 0.0, max_tokens: int = 256, max_concurrency: int = 8, max_retries: int = 6,
                  timeout: float = 60.0, cache_path=None, progress: bool = True, templates: dict | None = None,
-                 top_p: float | None = None, resolve_snapshot: bool = True, on_invalid: str = "exclude"):
+                 top_p: float | None = None, resolve_snapshot: bool = True, on_invalid: str = "exclude",
+                 flagging_reply: str = "first_line"):
         self.model, self.base_url, self.temperature, self.max_tokens = model, base_url, temperature, max_tokens
         self.top_p, self.resolve_snapshot, self._snapshot = top_p, resolve_snapshot, None
         self.max_concurrency = max_concurrency
         self.description = f"LLM judge {model} at {base_url or 'api.openai.com'} (OpenAI-compatible API)"
         self._attempts = threading.local()  # each worker thread makes one call at a time
         self.client = openai_client("judge", api_key_env, base_url, max_retries, timeout, self._count_attempt)
-        super().__init__(cache_path, progress, templates, on_invalid)
+        super().__init__(cache_path, progress, templates, on_invalid, flagging_reply)
 
     def _count_attempt(self, request) -> None:
         self._attempts.count = getattr(self._attempts, "count", 0) + 1
@@ -215,7 +219,7 @@ class LocalJudge(Judge):
 
     def __init__(self, model, mode: str = "choice", max_new_tokens: int = 96, batch_size: int = 16,
                  precision: str = "auto", device: str = "auto", cache_path=None, progress: bool = True,
-                 templates: dict | None = None, on_invalid: str = "exclude"):
+                 templates: dict | None = None, on_invalid: str = "exclude", flagging_reply: str = "first_line"):
         from valharm.generation.local import HFGenerator
 
         if mode not in self.MODES:
@@ -225,7 +229,7 @@ class LocalJudge(Judge):
         self.precision = precision
         self.description = (f"OFFLINE DEFAULT judge: local model {model.name}; a small model's verdicts, not "
                             f"comparable with GPT-4o's")
-        super().__init__(cache_path, progress, templates, on_invalid)
+        super().__init__(cache_path, progress, templates, on_invalid, flagging_reply)
 
     def settings(self):
         spec = asdict(self.spec) if is_dataclass(self.spec) else {"repr": repr(self.spec)}

@@ -23,19 +23,14 @@ from valharm.generation.requests import SlotRequest, cached_run
 from valharm.models.loading import LoadedModel
 from valharm.values import answer_space
 from valharm.values.distributions import VALUES
-from valharm.values.questionnaire import (
-    ANSWER_SLOT,
-    SLOT_ANSWERS,
-    answer_distribution,
-    argument_statement,
-    rating_prompt,
-)
+from valharm.values.questionnaire import ANSWER_SLOT, SLOT_ANSWERS, answer_distribution
+from valharm.values.wording import VALHARM, Wording
 
 
 def rating_requests(bundle: LoadedModel, arguments: pd.DataFrame, reply_tokens: int = 32,
-                    prefix: str = "touche") -> list[SlotRequest]:
-    """Ask the model to rate each argument as VIM's stage 2 does (same prompt, the model's own chat format)."""
-    return [SlotRequest(f"{prefix}/{i}", bundle.format_prompt(rating_prompt(argument_statement(row))), ANSWER_SLOT,
+                    prefix: str = "touche", wording: Wording = VALHARM) -> list[SlotRequest]:
+    """Ask the model to rate each argument as VIM's stage 2 does (same prompt and prompt format as its training)."""
+    return [SlotRequest(f"{prefix}/{i}", wording.render(bundle, wording.rating_question(row)), ANSWER_SLOT,
                         SLOT_ANSWERS, reply_tokens) for i, (_, row) in enumerate(arguments.iterrows())]
 
 
@@ -121,17 +116,22 @@ class AlignmentCheck:
     arguments, read as `reading` says; per value, D_v of both and the shift, and the target-weighted shift."""
 
     def __init__(self, arguments: pd.DataFrame, max_arguments: int | None = None, reply_tokens: int = 32,
-                 reading: str = "answer_space"):
+                 reading: str = "answer_space", wording: Wording = VALHARM):
+        """`wording`: the words (and prompt format) the adapter was trained with; the check reads in them."""
         if reading not in READINGS:
             raise ValharmError(f"aligner.alignment_check.reading='{reading}' is unknown; use one of "
                                f"{', '.join(READINGS)}")
+        if reading == "slot" and ANSWER_SLOT not in wording.rating_response:
+            raise ValharmError(f"aligner.alignment_check.reading=slot reads the rating after '{ANSWER_SLOT}', which "
+                               f"the stage-2 answer of {wording.source} lacks; use reading=answer_space")
+        self.wording = wording
         self.arguments = arguments.head(max_arguments) if max_arguments else arguments
         self.reply_tokens, self.reading = reply_tokens, reading
 
     def requests(self, bundle: LoadedModel) -> list:
         if self.reading == "answer_space":
-            return answer_space.argument_requests(bundle, self.arguments)
-        return rating_requests(bundle, self.arguments, self.reply_tokens)
+            return answer_space.argument_requests(bundle, self.arguments, wording=self.wording)
+        return rating_requests(bundle, self.arguments, self.reply_tokens, wording=self.wording)
 
     def read(self, outputs: Sequence) -> tuple[np.ndarray, dict, list[dict]]:
         if self.reading == "answer_space":

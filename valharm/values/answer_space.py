@@ -1,7 +1,7 @@
 """The answer space VIM's stage 2 teaches, read whole.
 
 Stage 2 gives each argument one example per labelled value, same prompt, different answers ("<Value> is
-<importance> to me, so my answer is <r>."): a model that learned it perfectly names each of an argument's k labels
+<importance> to me, so my answer is <r>.", or the words of the templates it trained with): a model that learned it perfectly names each of an argument's k labels
 about 1/k of the time. One greedy reply collapses that mixture onto the most likely name; this reading scores every
 (value, rating) answer in the training's own wording instead (an answer tree on one cached prompt: ten value
 branches, six rating leaves under each), normalises over the 60 answers and gives
@@ -19,22 +19,33 @@ import pandas as pd
 
 from valharm.generation.requests import AnswerTreeRequest
 from valharm.values.distributions import VALUES
-from valharm.values.questionnaire import SCALE, answer_branch, answer_leaf, argument_statement, rating_prompt
+from valharm.values.questionnaire import SCALE
+from valharm.values.wording import VALHARM, Wording
 
-BRANCHES = tuple(answer_branch(v) for v in VALUES)
-LEAVES = tuple(answer_leaf(r) for r in SCALE)
 RATINGS = np.array(list(SCALE), dtype=float)
 
 
-def answer_space_request(request_id: str, prompt: str) -> AnswerTreeRequest:
-    return AnswerTreeRequest(request_id, prompt, BRANCHES, LEAVES)
+def branches(wording: Wording = VALHARM) -> tuple[str, ...]:
+    return tuple(wording.branch(v) for v in VALUES)
 
 
-def argument_requests(bundle, arguments: pd.DataFrame, prefix: str = "touche",
-                      system: str | None = None) -> list[AnswerTreeRequest]:
-    """The whole answer space to each argument in VIM's stage-2 prompt (the model's own chat format; `system`: a
-    system prompt, e.g. an ICL persona)."""
-    return [answer_space_request(f"{prefix}/{i}", bundle.format_prompt(rating_prompt(argument_statement(row)), system))
+def leaves(wording: Wording = VALHARM) -> tuple[str, ...]:
+    return tuple(wording.leaf(r) for r in SCALE)
+
+
+BRANCHES, LEAVES = branches(), leaves()  # valharm's wording
+
+
+def answer_space_request(request_id: str, prompt: str, wording: Wording = VALHARM) -> AnswerTreeRequest:
+    return AnswerTreeRequest(request_id, prompt, branches(wording), leaves(wording))
+
+
+def argument_requests(bundle, arguments: pd.DataFrame, prefix: str = "touche", system: str | None = None,
+                      wording: Wording = VALHARM) -> list[AnswerTreeRequest]:
+    """The whole answer space to each argument in VIM's stage-2 prompt, in the wording and prompt format the
+    adapter was trained with (`wording`; valharm's and the model's own format by default; `system`: a system
+    prompt, e.g. an ICL persona)."""
+    return [answer_space_request(f"{prefix}/{i}", wording.render(bundle, wording.rating_question(row), system), wording)
             for i, (_, row) in enumerate(arguments.iterrows())]
 
 
