@@ -115,7 +115,8 @@ class PVQ40:
         target = value.as_dict()
         readings = self.read(outputs)
         ratings = {item: reading["rating"] for item, reading in zip(items, readings)}
-        records = [{"benchmark": self.name, "id": r.id, "item": item, "value": item_values[item], **reading}
+        records = [{"benchmark": self.name, "id": r.id, "item": item, "value": item_values[item], "input": r.prompt,
+                    **reading}
                    for r, item, reading in zip(requests, items, readings)]
         scores = pvq_value_scores(ratings, item_values)
         metrics = {"scoring": self.scoring, "nmse": nmse(scores, target), "nmse_scored_values": nmse_scored(scores, target),

@@ -31,7 +31,7 @@ RESULTS = "results.json"
 HISTORY = "results.history"  # every superseded results.json, as <finished time>.json
 TRAINING_STATE = "stages"  # aligners keep each stage's checkpoints and best adapter here
 # where things are kept and how they show, not what is computed: top-level keys, and leaf keys at any depth
-NOT_FINGERPRINTED = ("skip_finished", "paths", "logger", "cache", "threads")
+NOT_FINGERPRINTED = ("skip_finished", "paths", "logger", "cache", "threads", "inspect_log")
 NOT_FINGERPRINTED_LEAVES = ("progress", "cache_path")
 
 

@@ -1,0 +1,114 @@
+"""Intervals on every rate and mean: Wilson against statsmodels, the prompt-clustered bootstrap against the naive one,
+and every reported rate and mean of the benchmarks carrying one."""
+import numpy as np
+import pytest
+from statsmodels.stats.proportion import proportion_confint
+
+from valharm.benchmarks.hexphi import HExPHI
+from valharm.benchmarks.intervals import (
+    at_least,
+    cluster_bootstrap,
+    mean_interval,
+    rate_interval,
+    wilson,
+)
+from valharm.benchmarks.rtp import RealToxicityPrompts
+from valharm.generation.requests import GenerationRequest
+from valharm.scoring import Verdict
+
+
+@pytest.mark.parametrize("successes,n", [(0, 10), (10, 10), (3, 10), (1, 1), (17, 50), (512, 3000)])
+def test_wilson_matches_statsmodels(successes, n):
+    low, high = proportion_confint(successes, n, alpha=0.05, method="wilson")
+    found = wilson(successes, n)
+    assert found["ci_low"] == pytest.approx(low, abs=1e-12) and found["ci_high"] == pytest.approx(high, abs=1e-12)
+    assert found["method"] == "wilson" and found["n"] == n
+    assert wilson(0, 0) is None
+
+
+def test_a_zero_rate_over_ten_prompts_is_not_a_point():
+    found = rate_interval([False] * 10)
+    assert found["ci_low"] == 0.0 and 0.25 < found["ci_high"] < 0.3
+
+
+def planted(prompts: int = 60, k: int = 10, seed: int = 1) -> list[list[float]]:
+    """Samples that agree within a prompt and differ between prompts (each prompt's level drawn once)."""
+    rng = np.random.default_rng(seed)
+    return [list(np.clip(level + rng.normal(0, 0.01, k), 0, 1)) for level in rng.uniform(0, 1, prompts)]
+
+
+def test_the_prompt_clustered_interval_is_wider_than_the_naive_one_on_clustered_data():
+    clusters = planted()
+    clustered = cluster_bootstrap(clusters)
+    naive = cluster_bootstrap([[v] for c in clusters for v in c])  # every sample its own unit
+    assert clustered["n"] == 60 and naive["n"] == 600
+    width = clustered["ci_high"] - clustered["ci_low"]
+    assert width > 2.5 * (naive["ci_high"] - naive["ci_low"])  # ~sqrt(k) wider when k samples agree
+    mean = np.mean([v for c in clusters for v in c])
+    assert clustered["ci_low"] < mean < clustered["ci_high"]
+
+
+def test_same_seed_same_interval_and_another_seed_another():
+    clusters = planted()
+    assert cluster_bootstrap(clusters, max, seed=7) == cluster_bootstrap(clusters, max, seed=7)
+    assert cluster_bootstrap(clusters, max, seed=7) != cluster_bootstrap(clusters, max, seed=8)
+    assert mean_interval([1, 2, 3, 4, 5]) == mean_interval([1, 2, 3, 4, 5])
+
+
+def test_rtp_intervals_bootstrap_prompts_with_their_samples(tmp_path):
+    path = tmp_path / "p.csv"
+    path.write_text("".join(f"prompt {i}\n" for i in range(8)))
+    bench = RealToxicityPrompts(path=str(path), num_samples=3)
+    outputs = [[f"{i}-{n}" for n in range(3)] for i in range(8)]
+    scores = {f"{i}-{n}": (0.9 if i % 2 and n == 0 else 0.1 * n) for i in range(8) for n in range(3)}
+
+    class Fixed:
+        id = "fixed"
+
+        def sent(self, text):
+            return text
+
+        def score(self, texts, desc=None):
+            return [Verdict(scores[t]) for t in texts]
+
+    result = bench.evaluate([GenerationRequest(f"rtp/{i}", f"prompt {i}") for i in range(8)], outputs, None,
+                            {"toxicity": Fixed()})
+    per_prompt = [[scores[t] for t in row] for row in outputs]
+    found = result.intervals["all"]
+    assert found["expected_max_toxicity"] == cluster_bootstrap(per_prompt, max)
+    assert found["toxicity_probability"] == cluster_bootstrap(per_prompt, at_least(0.5))
+    for name, interval in found.items():
+        assert interval["ci_low"] <= result.metrics[name] <= interval["ci_high"] and interval["n"] == 8
+    assert len(result.records) == 24 and {r["sample"] for r in result.records} == {0, 1, 2}
+    assert result.records[0]["input"] == "prompt 0" and result.records[0]["scorer_input"] == "0-0"
+
+
+def test_every_rate_and_mean_of_a_judged_benchmark_has_an_interval():
+    bench = HExPHI()
+    verdicts = [Verdict(5) if i % 3 == 0 else Verdict(1) if i % 3 == 1 else Verdict.invalid("no line", "hm")
+                for i in range(len(bench.prompts))]
+
+    class Judge:
+        id, on_invalid = "fixed", "exclude"
+
+        def scorer(self, task):
+            return self
+
+        def sent(self, item):
+            return [{"role": "user", "content": f"{item[0]} / {item[1]}"}]
+
+        def score(self, items, desc=None):
+            return verdicts
+
+    requests = [GenerationRequest(p.id, f"QUESTION: {p.text}\nANSWER: ") for p in bench.prompts]
+    result = bench.evaluate(requests, [[f"a{i}"] for i in range(len(bench.prompts))], None, {"judge": Judge()})
+    for category, metrics in result.metrics.items():
+        if isinstance(metrics, dict) and metrics.get("scored"):
+            for name in ("harmfulness_score", "harmfulness_rate"):
+                interval = result.intervals[category][name]
+                assert interval["ci_low"] <= metrics[name] <= interval["ci_high"], (category, name)
+    assert result.intervals["all"]["harmfulness_rate"]["method"] == "wilson"
+    assert result.intervals["all"]["harmfulness_score"]["method"] == "bootstrap_percentile"
+    invalid = result.records[2]
+    assert invalid["status"] == "invalid" and invalid["error"] == "no line" and invalid["raw_reply"] == "hm"
+    assert invalid["input"].startswith("QUESTION: ") and invalid["scorer_input"][0]["content"].endswith("/ a2")
