@@ -13,7 +13,7 @@ its resamples and seed; the same seed gives the same interval.
 """
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 from scipy import stats
