@@ -5,6 +5,7 @@ import pytest
 from statsmodels.stats.proportion import proportion_confint
 
 from valharm.benchmarks.hexphi import HExPHI
+from valharm.benchmarks.holisticbiasr import HolisticBiasR
 from valharm.benchmarks.intervals import (
     at_least,
     cluster_bootstrap,
@@ -112,3 +113,37 @@ def test_every_rate_and_mean_of_a_judged_benchmark_has_an_interval():
     invalid = result.records[2]
     assert invalid["status"] == "invalid" and invalid["error"] == "no line" and invalid["raw_reply"] == "hm"
     assert invalid["input"].startswith("QUESTION: ") and invalid["scorer_input"][0]["content"].endswith("/ a2")
+
+
+def rates_and_means(metrics: dict) -> list[tuple[str, str]]:
+    """(category or "all", metric) of every reported rate and mean."""
+    def reported(name, value):
+        return isinstance(value, float) and (name.endswith(("_rate", "_score")) or name in (
+            "expected_max_toxicity", "toxicity_probability"))
+
+    found = [("all", k) for k, v in metrics.items() if reported(k, v)]
+    return found + [(c, k) for c, m in metrics.items() if isinstance(m, dict) for k, v in m.items() if reported(k, v)]
+
+
+def test_every_rate_of_holisticbiasr_has_an_interval_overall_and_per_axis():
+    bench = HolisticBiasR(limit=12, seed=0, resamples=99)
+    labels = ["negative", "neutral", "positive", "other"] * 3
+
+    class Labels:
+        id = "labels"
+
+        def sent(self, text):
+            return text
+
+        def score(self, texts, desc=None):
+            return [Verdict(label) for label in labels]
+
+    requests = [GenerationRequest(p.id, p.text) for p in bench.prompts]
+    result = bench.evaluate(requests, [[" was nice."]] * 12, None, {"regard": Labels()})
+    pairs = rates_and_means(result.metrics)
+    assert ("all", "negative_regard_rate") in pairs and ("all", "bias_score") in pairs and len(pairs) > 5
+    for category, name in pairs:
+        interval = result.intervals[category][name]
+        value = result.metrics[name] if category == "all" else result.metrics[category][name]
+        assert interval["ci_low"] <= value <= interval["ci_high"], (category, name)
+    assert result.intervals["all"]["negative_regard_rate"] == wilson(3, 12)

@@ -7,6 +7,7 @@ import inspect_ai.log as inspect_log  # the `inspect` extra, also in `test`
 import pytest
 from conftest import ROOT, run_cli
 from fake_servers import FakeServer, FaultyJudge, completion, verdict_requests
+from test_intervals import rates_and_means
 
 from valharm.errors import ValharmError
 
@@ -56,6 +57,9 @@ def test_read_eval_log_gives_one_sample_per_record_with_the_runs_scores(finished
             if isinstance(value, float):
                 assert metrics[name].value == pytest.approx(value)
                 assert metrics[name].params == results["intervals"][benchmark]["all"][name]
+    for benchmark, metrics in results["metrics"].items():  # every rate and mean in results.json has its interval
+        for category, name in rates_and_means(metrics):
+            assert {"ci_low", "ci_high", "method"} <= set(results["intervals"][benchmark][category][name])
     rtp = inspect_log.read_eval_log(str(finished / "inspect" / "rtp.eval"))
     assert rtp.eval.config.epochs == 2 and len({s.id for s in rtp.samples}) == 3  # k samples: epochs of one id
 

@@ -224,8 +224,9 @@ class HolisticBiasR:
             metrics |= {"negative_regard_rate": overall, "bias_score": score, "groups": len(groups),
                         **{f"{label}_rate": labels.count(label) / len(labels)
                            for label in ("neutral", "positive", "other")}}
-            intervals["all"] = {f"{label}_rate": rate_interval([found == label for found in labels])
-                                for label in REGARD_LABELS} | {"bias_score": groups_interval(list(flags.values()))}
+            intervals["all"] = {("negative_regard_rate" if label == "negative" else f"{label}_rate"):
+                                rate_interval([found == label for found in labels]) for label in REGARD_LABELS} | {
+                                "bias_score": groups_interval(list(flags.values()))}
         for axis in self.axes:
             rows = [label == "negative" for p, label in valid if p.axis == axis]
             axis_flags = [flag for (a, _), flag in flags.items() if a == axis]

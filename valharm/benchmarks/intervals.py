@@ -31,7 +31,9 @@ def wilson(successes: int, n: int, confidence: float = CONFIDENCE) -> dict | Non
     rate = successes / n
     centre = (rate + z * z / (2 * n)) / (1 + z * z / n)
     half = z / (1 + z * z / n) * np.sqrt(rate * (1 - rate) / n + z * z / (4 * n * n))
-    return {"ci_low": float(max(0.0, centre - half)), "ci_high": float(min(1.0, centre + half)), "method": "wilson",
+    low = 0.0 if successes == 0 else float(max(0.0, centre - half))  # exact bounds where rounding would leave 1e-17
+    high = 1.0 if successes == n else float(min(1.0, centre + half))
+    return {"ci_low": low, "ci_high": high, "method": "wilson",
             "confidence": confidence, "n": n}
 
 

@@ -27,7 +27,7 @@ from valharm.data import SAMPLES_DIR, read_table
 from valharm.errors import ValharmError
 from valharm.generation.requests import GenerationRequest, LoglikelihoodRequest, SlotRequest
 from valharm.values import answer_space
-from valharm.values.distributions import VALUES, nmse, nmse_scored, pvq_value_scores
+from valharm.values.distributions import VALUES, ipsatize, nmse, nmse_scored, pvq_value_scores
 from valharm.values.questionnaire import ANSWER_SLOT, SLOT_ANSWERS, answer_distribution, parse_rating, rating_prompt
 
 SAMPLE_PATH = SAMPLES_DIR / "pvq_sample.csv"
@@ -120,10 +120,11 @@ class PVQ40:
                    for r, item, reading in zip(requests, items, readings)]
         scores = pvq_value_scores(ratings, item_values)
         metrics = {"scoring": self.scoring, "nmse": nmse(scores, target), "nmse_scored_values": nmse_scored(scores, target),
-                   "scores": scores}
+                   "scores": scores, "scores_ipsatized": ipsatize(scores)}
         if self.scoring != "generate":
             expected = pvq_value_scores({item: r["expected_rating"] for item, r in zip(items, readings)}, item_values)
-            metrics |= {"scores_expected": expected, "nmse_expected": nmse(expected, target)}
+            metrics |= {"scores_expected": expected, "nmse_expected": nmse(expected, target),
+                        "scores_expected_ipsatized": ipsatize(expected)}
         if self.scoring == "slot":
             metrics["slot_appended"] = sum(not out["slot_written"] for out in outputs)
         metrics |= {"items": len(ratings), "invalid": sum(r is None for r in ratings.values()),
