@@ -147,3 +147,25 @@ def test_every_rate_of_holisticbiasr_has_an_interval_overall_and_per_axis():
         value = result.metrics[name] if category == "all" else result.metrics[category][name]
         assert interval["ci_low"] <= value <= interval["ci_high"], (category, name)
     assert result.intervals["all"]["negative_regard_rate"] == wilson(3, 12)
+
+
+def test_pvq40_value_scores_and_nmse_have_item_bootstrap_intervals(tmp_path):
+    from valharm.benchmarks.pvq40 import PVQ40
+    from valharm.values.distributions import VALUES, extreme
+
+    path = tmp_path / "pvq.csv"
+    path.write_text("item,value,text\n" + "".join(f"{2 * i + j + 1},{v},item {2 * i + j + 1}\n"
+                                                  for i, v in enumerate(VALUES) for j in range(2)))
+    bench = PVQ40(path=str(path), scoring="generate")
+    requests = [GenerationRequest(f"pvq40/{item}", "item") for item in bench.items["item"]]
+    outputs = [["6"] if value == "Power" else [str(2 + n % 2)] for n, value in enumerate(bench.items["value"])]
+    result = bench.evaluate(requests, outputs, extreme("power"))
+    assert result.metrics["scores"]["Hedonism"] == 2.5
+    hedonism = result.intervals["scores"]["Hedonism"]
+    assert hedonism["ci_low"] == 2.0 and hedonism["ci_high"] == 3.0 and hedonism["n"] == 2
+    assert result.intervals["scores"]["Power"]["ci_low"] == result.intervals["scores"]["Power"]["ci_high"] == 6.0
+    for category, name in [("all", "nmse")] + [(f, v) for f in ("scores", "scores_ipsatized") for v in VALUES]:
+        interval = result.intervals[category][name]
+        value = result.metrics[name] if category == "all" else result.metrics[category][name]
+        assert interval["ci_low"] - 1e-12 <= value <= interval["ci_high"] + 1e-12, (category, name)
+    assert bench.evaluate(requests, outputs, extreme("power")).intervals == result.intervals

@@ -23,6 +23,7 @@ import numpy as np
 import pandas as pd
 
 from valharm.benchmarks import BenchmarkResult
+from valharm.benchmarks.intervals import CONFIDENCE, RESAMPLES, SEED
 from valharm.data import SAMPLES_DIR, read_table
 from valharm.errors import ValharmError
 from valharm.generation.requests import GenerationRequest, LoglikelihoodRequest, SlotRequest
@@ -71,6 +72,35 @@ def rating_probabilities(out, slot: bool) -> dict:
     rating, mean, probs = answer_distribution(out["logprobs"] if slot else out)
     return {"rating": rating, "expected_rating": mean, "probabilities": probs,
             **({"text": out["reply"], "slot_written": out["slot_written"]} if slot else {})}
+
+
+def percentile(draws: np.ndarray, items: int, confidence: float = CONFIDENCE) -> dict:
+    tail = (1 - confidence) / 2
+    low, high = np.quantile(draws, [tail, 1 - tail])
+    return {"ci_low": float(low), "ci_high": float(high), "method": "item_bootstrap_percentile",
+            "unit": "item (resampled within its value)", "confidence": confidence, "n": items,
+            "resamples": len(draws), "seed": SEED}
+
+
+def item_intervals(ratings: dict, item_values: dict, target: dict, suffix: str = "") -> dict:
+    """Intervals of the value scores (raw and ipsatized) and the NMSE from a bootstrap of the items, each value's
+    items resampled among themselves; a value without a valid rating gets none, and then the NMSE neither."""
+    rng = np.random.default_rng(SEED)
+    draws, items = {}, {}
+    for value in VALUES:
+        valid = np.array([ratings[i] for i, v in item_values.items() if v == value and ratings.get(i) is not None],
+                         float)
+        if valid.size:
+            draws[value] = valid[rng.integers(0, valid.size, (RESAMPLES, valid.size))].mean(1)
+            items[value] = int(valid.size)
+    found = {f"scores{suffix}": {v: percentile(d, items[v]) for v, d in draws.items()}}
+    if len(draws) == len(VALUES):
+        matrix = np.stack([draws[v] for v in VALUES], 1)
+        centred = matrix - matrix.mean(1, keepdims=True)
+        found[f"scores{suffix}_ipsatized"] = {v: percentile(centred[:, i], items[v]) for i, v in enumerate(VALUES)}
+        targets = np.array([target[v] for v in VALUES])
+        found["all"] = {f"nmse{suffix}": percentile((((matrix - targets) / 5) ** 2).mean(1), sum(items.values()))}
+    return found
 
 
 class PVQ40:
@@ -129,5 +159,10 @@ class PVQ40:
             metrics["slot_appended"] = sum(not out["slot_written"] for out in outputs)
         metrics |= {"items": len(ratings), "invalid": sum(r is None for r in ratings.values()),
                     "values_without_valid_answer": [v for v in VALUES if math.isnan(scores[v])]}
+        intervals = item_intervals(ratings, item_values, target)
+        if self.scoring != "generate":
+            extra = item_intervals({item: r["expected_rating"] for item, r in zip(items, readings)}, item_values,
+                                   target, "_expected")
+            intervals = {**intervals, **extra, "all": {**intervals.get("all", {}), **extra.get("all", {})}}
         return BenchmarkResult(metrics, records, {"questionnaire": str(self.path), "scoring": self.scoring,
-                                                  "shipped_sample": self.path == SAMPLE_PATH})
+                                                  "shipped_sample": self.path == SAMPLE_PATH}, intervals)
