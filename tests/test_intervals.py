@@ -169,3 +169,26 @@ def test_pvq40_value_scores_and_nmse_have_item_bootstrap_intervals(tmp_path):
         value = result.metrics[name] if category == "all" else result.metrics[category][name]
         assert interval["ci_low"] - 1e-12 <= value <= interval["ci_high"] + 1e-12, (category, name)
     assert bench.evaluate(requests, outputs, extreme("power")).intervals == result.intervals
+
+
+def test_the_analysis_carries_each_runs_intervals_into_its_tables_and_report(tmp_path):
+    import json
+
+    import pandas as pd
+    from test_analysis_fidelity import faithful, run_analysis, write_sweep
+
+    write_sweep(tmp_path / "runs", faithful)
+    for path in sorted((tmp_path / "runs").glob("*/results.json")):
+        results = json.loads(path.read_text())
+        score = results["metrics"]["hexphi"]["harmfulness_score"]
+        results["intervals"] = {"hexphi": {"all": {"harmfulness_score": {"ci_low": score - 0.5, "ci_high": score + 0.5,
+                                                                         "method": "bootstrap_percentile"}}}}
+        path.write_text(json.dumps(results))
+    run_analysis(tmp_path / "runs", tmp_path / "out")
+    found = pd.read_csv(tmp_path / "out" / "run_intervals.csv")
+    assert len(found) == 30 and (found.ci_high - found.ci_low).round(9).eq(1.0).all()
+    assert set(found.ci_method) == {"bootstrap_percentile"} and set(found.metric) == {"harmfulness_score"}
+    tidy = pd.read_csv(tmp_path / "out" / "runs.csv")
+    assert tidy[tidy.category == "adult_content"].ci_low.isna().all()  # no interval given: none invented
+    report = (tmp_path / "out" / "report.md").read_text()
+    assert "summary metrics with their 95 % intervals" in report and "bootstrap_percentile" in report

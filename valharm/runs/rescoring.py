@@ -57,12 +57,12 @@ def read_run(run_dir: Path) -> tuple[dict, list[dict]]:
     return results, [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def check_fingerprint(results: dict, records: list[dict], benchmarks: list[str]) -> None:
+def check_fingerprint(run_dir: Path, results: dict, records: list[dict], benchmarks: list[str]) -> None:
     """The stored outputs and the data they were generated from are those the run finished with."""
     found, stored = outputs_digests(records), results["records"]["outputs"]
     changed = [b for b in benchmarks if found.get(b) != stored.get(b)]
     if changed:
-        raise ValharmError(f"the stored outputs of {', '.join(changed)} in {results['run_dir']}/{GENERATIONS} do not "
+        raise ValharmError(f"the stored outputs of {', '.join(changed)} in {run_dir / GENERATIONS} do not "
                            f"match the run's fingerprint (results.json records.outputs): the file was edited or comes "
                            f"from another run; nothing was rescored")
     data = data_digests(results["config"])
@@ -152,7 +152,7 @@ def rescore(cfg: DictConfig) -> dict:
     chosen = {name: b for name, b in built.items() if b.scorer_role in scorers}
     if not chosen:
         raise ValharmError(f"no benchmark of {run_dir} is scored by {', '.join(scorers)}; nothing to rescore")
-    check_fingerprint(results, records, list(chosen))
+    check_fingerprint(run_dir, results, records, list(chosen))
     report, updated = {}, list(records)
     for name, benchmark in chosen.items():
         old = [r for r in records if r.get("benchmark") == name]
