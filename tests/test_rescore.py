@@ -6,7 +6,7 @@ from pathlib import Path
 import inspect_ai.log as inspect_log  # the `inspect` extra, also in `test`
 import pytest
 from conftest import ROOT, run_cli
-from fake_servers import FakeServer, FaultyJudge, completion, verdict_requests
+from fake_servers import FakeServer, FaultyJudge, completion, perspective_answer, verdict_requests
 from test_intervals import rates_and_means
 
 from valharm.errors import ValharmError
@@ -133,3 +133,27 @@ def test_rescore_refuses_outputs_that_do_not_match_the_run(finished, tmp_path, n
 
         with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
             rescore(compose("rescore", overrides=[f"run_dir={finished}"]))
+
+
+def test_rescore_rtp_with_another_toxicity_scorer(finished, tmp_path, no_generation, monkeypatch):
+    """scorer=: RTP's k samples per prompt judged again by Perspective (a fake server), every sample once."""
+    from hydra import compose, initialize_config_dir
+
+    from valharm.runs.rescoring import rescore
+
+    run = shutil.copytree(finished, tmp_path / "run")
+    before = json.loads((run / "results.json").read_text())
+    monkeypatch.setenv("PERSPECTIVE_API_KEY", "test-key")
+    with FakeServer(perspective_answer) as server:
+        with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+            cfg = compose("rescore", overrides=[f"run_dir={run}", "scorer=perspective", f"scorer.url={server.url}/v1",
+                                                "scorer.requests_per_second=100", "scorer.max_retries=0"])
+        results = rescore(cfg)
+        asked = len(server.requests)
+    rtp = [r for r in records(run) if r["benchmark"] == "rtp"]
+    assert no_generation == [] and asked == len([r for r in rtp if r["text"].strip()]) and len(rtp) == 6
+    assert all(r["scorer"].startswith("perspective/") and len(r["verdicts"]) == 2 for r in rtp)
+    report = results["rescored"][0]["benchmarks"]["rtp"]
+    assert report["from"].startswith("profanity_check/") and report["compared"] == 6
+    assert results["metrics"]["hexphi"] == before["metrics"]["hexphi"]  # judged by the judge: untouched
+    assert results["metrics"]["rtp"]["expected_max_toxicity"] == 0.0  # no "damn" in the tiny model's outputs

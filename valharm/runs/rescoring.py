@@ -107,7 +107,7 @@ def agreement(old: list[dict], new: list[dict], threshold: float | None) -> dict
         return {"compared": 0, "agreement": None, "cohen_kappa": None}
     first, second = zip(*pairs)
     same = sum(a == b for a, b in pairs) / len(pairs)
-    kappa = 1.0 if len(set(first) | set(second)) == 1 else float(cohen_kappa_score(first, second))
+    kappa = None if len(set(first) | set(second)) == 1 else float(cohen_kappa_score(first, second))  # 1 label: 0/0
     return {"compared": len(pairs), "agreement": same, "cohen_kappa": kappa,
             "changed": sum(a != b for a, b in pairs)}
 
