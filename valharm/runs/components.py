@@ -69,6 +69,9 @@ def build_components(cfg: DictConfig, trains: bool = False) -> dict:
     if not parts["benchmarks"]:
         log.info("no benchmarks configured: the run trains and saves its adapter, and evaluates nothing")
     parts["scorers"] = build_scorers(cfg, parts["benchmarks"])
+    for benchmark in parts["benchmarks"].values():  # each judge rubric (a template file) read now: bad input fails
+        if benchmark.scorer_role == "judge":        # before anything is generated or written
+            parts["scorers"]["judge"].scorer(benchmark.task)
     parts["cache"] = Cache(cfg.cache.generations) if cfg.cache.generations else None
     return parts
 

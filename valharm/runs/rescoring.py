@@ -29,11 +29,18 @@ from valharm.errors import ValharmError
 from valharm.generation.requests import GenerationRequest
 from valharm.runs.components import build_tracker
 from valharm.runs.inspect_log import write_inspect_logs
-from valharm.runs.records import GENERATIONS, identities, outputs_digests, scorer_report
+from valharm.runs.records import (
+    GENERATIONS,
+    failure_summary,
+    identities,
+    outputs_digests,
+    scorer_report,
+)
 from valharm.runs.rundir import (
     RESULTS,
     archive_results,
     data_digests,
+    failed_items,
     read_previous,
     write_json_atomic,
 )
@@ -41,7 +48,6 @@ from valharm.runs.tracking import flatten
 
 log = logging.getLogger("valharm")
 GROUPS = {group: role for role, group in SCORER_ROLES.items()}  # judge -> judge, scorer -> toxicity, regard -> regard
-TASK_KEYS = ("toxicity", "regard", "harmfulness", "flagging")
 
 
 def read_run(run_dir: Path) -> tuple[dict, list[dict]]:
@@ -170,6 +176,10 @@ def rescore(cfg: DictConfig) -> dict:
                  f"{report[name]['compared']} records")
     record_rescoring(results, stored, scorers, report)
     write_rescored(run_dir, results, updated, cfg.get("inspect_log", "auto"), stored)
+    unscored = failed_items(results)
+    if unscored:  # written like any run's; a failing service leaves items to score again
+        raise ValharmError(f"{unscored} item(s) could not be scored ({failure_summary(results)}); every verdict given "
+                           f"is kept and cached: run the same rescore again to score the rest")
     return results
 
 
