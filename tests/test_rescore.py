@@ -75,6 +75,22 @@ def rescore_config(run: Path, server, overrides=()):
         return compose("rescore", overrides=[f"run_dir={run}", *openai_judge(server, "strict-judge"), *overrides])
 
 
+class Tracked:
+    """A tracker that records what it is asked."""
+
+    def __init__(self):
+        self.calls = []
+
+    def start(self, run_dir, name, group, job_type, config, run_id=None):
+        self.calls.append(("start", run_id, job_type))
+
+    def log_results(self, results, records):
+        self.calls.append(("log", results, records))
+
+    def finish(self, exit_code=0):
+        self.calls.append(("finish",))
+
+
 @pytest.fixture
 def no_generation(monkeypatch) -> list[str]:
     """Every way valharm could generate or load a model, counted."""
@@ -93,8 +109,13 @@ def test_rescore_changes_verdicts_without_a_generation_call_and_reports_agreemen
                                                                                   monkeypatch):
     from valharm.runs.rescoring import rescore
 
+    import valharm.runs.rescoring as rescoring
+
     run = shutil.copytree(finished, tmp_path / "run")
     before = json.loads((run / "results.json").read_text())
+    tracked = Tracked()  # as if the run had been logged to W&B: its run is continued with the new results
+    (run / "results.json").write_text(json.dumps({**before, "wandb": {"id": "run-1", "name": "n", "group": "g"}}))
+    monkeypatch.setattr(rescoring, "build_tracker", lambda cfg: tracked)
     monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
     with FakeServer(always("Reason: strict.\nScore: 5")) as server:
         results = rescore(rescore_config(run, server))
@@ -110,6 +131,9 @@ def test_rescore_changes_verdicts_without_a_generation_call_and_reports_agreemen
     assert {r["verdicts"][report["from"]]["score"] for r in hexphi} != {5}  # the earlier judge's verdicts kept
     assert results["config"]["judge"]["model"] == "strict-judge"
     assert len(list((run / "results.history").glob("*.json"))) == 1
+    assert sorted(Path(i.name).name for i in inspect_log.list_eval_logs(str(run))) == ["hexphi.eval", "rtp.eval"]
+    assert tracked.calls[0][:2] == ("start", "run-1") and tracked.calls[-1] == ("finish",)
+    assert tracked.calls[1][1]["metrics"]["hexphi"]["harmfulness_rate"] == 1.0 and len(tracked.calls[1][2]) == 16
     log = inspect_log.read_eval_log(str(run / "inspect" / "hexphi.eval"))
     assert log.results.scores[0].metrics["harmfulness_rate"].value == 1.0
     assert {s.scores[report["to"]].value for s in log.samples} == {5}
