@@ -6,7 +6,13 @@ from pathlib import Path
 import inspect_ai.log as inspect_log  # the `inspect` extra, also in `test`
 import pytest
 from conftest import ROOT, run_cli
-from fake_servers import FakeServer, FaultyJudge, completion, perspective_answer, verdict_requests
+from fake_servers import (
+    FakeServer,
+    FaultyJudge,
+    completion,
+    perspective_answer,
+    verdict_requests,
+)
 from test_intervals import rates_and_means
 
 from valharm.errors import ValharmError
@@ -107,9 +113,8 @@ def no_generation(monkeypatch) -> list[str]:
 
 def test_rescore_changes_verdicts_without_a_generation_call_and_reports_agreement(finished, tmp_path, no_generation,
                                                                                   monkeypatch):
-    from valharm.runs.rescoring import rescore
-
     import valharm.runs.rescoring as rescoring
+    from valharm.runs.rescoring import rescore
 
     run = shutil.copytree(finished, tmp_path / "run")
     before = json.loads((run / "results.json").read_text())
