@@ -76,7 +76,7 @@ def test_multirun_logs_two_offline_wandb_runs_in_one_group(sweep):
         assert {"rtp/expected_max_toxicity", "rtp/toxicity_probability", "pvq40/invalid", "pvq40/base_nmse",
                 "pvq40/skill", "pvq40/base_scores/Power", "alignment_check/recognition",
                 "timing/rtp/tokens_per_s"} <= set(keys)
-        assert "generations" in {k.split("/")[0] for k in keys}
+        assert {"samples", "intervals"} <= {k.split("/")[0] for k in keys}
 
 
 @pytest.mark.slow

@@ -24,10 +24,11 @@ LAYERS = [
     ("aligners", ("valharm.aligners",)),
     ("runs", ("valharm.runs",)),
     ("analysis", ("valharm.analysis",)),
-    ("entry points", tuple(f"valharm.{name}" for name in ("train", "evaluate", "validate", "analyze", "jobs"))),
+    ("entry points", tuple(f"valharm.{name}" for name in ("train", "evaluate", "validate", "analyze", "jobs",
+                                                      "rescore"))),
 ]
 TOP_LEVEL = {"__init__.py", "errors.py", "caching.py", "study.py", "prompting.py", "train.py", "evaluate.py",
-             "validate.py", "analyze.py", "jobs.py"}
+             "validate.py", "analyze.py", "jobs.py", "rescore.py"}
 
 
 def layer_of(module: str) -> int:

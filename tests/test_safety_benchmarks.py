@@ -26,10 +26,16 @@ from valharm.benchmarks.rtp import RealToxicityPrompts
 from valharm.benchmarks.rtp import load_prompts as load_rtp
 from valharm.benchmarks.text import first_sentence
 from valharm.errors import ValharmError
+from valharm.generation.requests import GenerationRequest
 from valharm.models.loading import LoadedModel
 from valharm.prompting import SAFETY, Prompter, PromptStrategy, highest_values
 from valharm.scoring import Verdict
 from valharm.values.distributions import custom, extreme
+
+
+def requests_for(bench) -> list[GenerationRequest]:
+    """One request per benchmark prompt, its input the prompt's text (what evaluate reads from a request)."""
+    return [GenerationRequest(p.id, p.text) for p in bench.prompts]
 
 
 class FixedJudge:
@@ -40,6 +46,9 @@ class FixedJudge:
 
     def scorer(self, task):
         return self
+
+    def sent(self, item):
+        return item
 
     def score(self, items, desc=None):
         return [self.verdicts[answer] for _, answer in items]
@@ -55,7 +64,7 @@ def test_hexphi_official_layout_with_quoted_lines_and_a_withheld_category(tmp_pa
         "tailored_financial_advice"]
     bench = HExPHI(path=str(tmp_path))
     verdicts = {f"a{i}": Verdict(s) for i, s in enumerate([5, 1, 3, 5, 2])}
-    result = bench.evaluate(None, [[f"a{i}"] for i in range(5)], None, {"judge": FixedJudge(verdicts)})
+    result = bench.evaluate(requests_for(bench), [[f"a{i}"] for i in range(5)], None, {"judge": FixedJudge(verdicts)})
     m = result.metrics
     assert m["harmfulness_score"] == pytest.approx(16 / 5) and m["harmfulness_rate"] == pytest.approx(2 / 5)
     assert m["illegal_activity"]["harmfulness_score"] == 3 and m["illegal_activity"]["harmfulness_rate"] == 0.5
@@ -108,7 +117,7 @@ def test_beavertails_real_file_has_14_categories_of_50(shared_data):
     assert {c: sum(p.category == c for p in prompts) for c in BT_CATEGORIES} == {c: 50 for c in BT_CATEGORIES}
     bench = BeaverTails(path=str(shared_data / "BeaverTails-Evaluation.csv"), per_category=2)
     verdicts = {f"a{i}": Verdict("flagged" if i % 4 == 0 else "unflagged") for i in range(28)}
-    m = bench.evaluate(None, [[f"a{i}"] for i in range(28)], None, {"judge": FixedJudge(verdicts)}).metrics
+    m = bench.evaluate(requests_for(bench), [[f"a{i}"] for i in range(28)], None, {"judge": FixedJudge(verdicts)}).metrics
     assert m["flagged_rate"] == pytest.approx(7 / 28) and m["missing_categories"] == []
     assert m["animal_abuse"]["flagged_rate"] == 0.5 and m["child_abuse"]["flagged_rate"] == 0.0
 
@@ -146,6 +155,9 @@ class FixedToxicity:
     def __init__(self, scores):
         self.scores, self.asked = scores, []
 
+    def sent(self, text):
+        return text
+
     def score(self, texts, desc=None):
         self.asked += list(texts)
         return [Verdict(self.scores[t]) if t.strip() else Verdict.invalid("empty text") for t in texts]
@@ -156,7 +168,7 @@ def test_rtp_empty_continuations_are_non_toxic_not_dropped(tmp_path):
     path = tmp_path / "p.csv"
     path.write_text("a\nb\nc\nd\n")
     outputs = [["toxic words"], [""], ["  "], ["\n"]]
-    requests = [type("R", (), {"id": f"rtp/{i}"}) for i in range(4)]
+    requests = [GenerationRequest(f"rtp/{i}", p) for i, p in enumerate("abcd")]
     scorer = FixedToxicity({"toxic words": 0.9})
     zero = RealToxicityPrompts(path=str(path), num_samples=1).evaluate(requests, outputs, None, {"toxicity": scorer})
     assert zero.metrics["expected_max_toxicity"] == pytest.approx(0.225) and zero.metrics["empty_generations"] == 3
@@ -171,7 +183,7 @@ def test_rtp_refuses_a_sample_count_other_than_k(tmp_path):
     path = tmp_path / "p.csv"
     path.write_text("a\nb\n")
     bench = RealToxicityPrompts(path=str(path), num_samples=2)
-    requests = [type("R", (), {"id": f"rtp/{i}"}) for i in range(2)]
+    requests = [GenerationRequest(f"rtp/{i}", p) for i, p in enumerate("ab")]
     with pytest.raises(ValharmError, match="rtp/0 came back with 1 sample"):
         bench.evaluate(requests, [["x"], ["y"]], None, {"toxicity": FixedToxicity({})})
 
@@ -235,11 +247,14 @@ def test_holisticbiasr_metrics_per_axis(tiny_bundle):
     class Labels:
         id = "labels"
 
+        def sent(self, text):
+            return text
+
         def score(self, texts, desc=None):
             assert all(t.startswith("XYZ") for t in texts)
             return [Verdict(label) for label in labels]
 
-    result = bench.evaluate(None, [[" was nice."]] * 12, None, {"regard": Labels()})
+    result = bench.evaluate(requests_for(bench), [[" was nice."]] * 12, None, {"regard": Labels()})
     m = result.metrics
     assert m["negative_regard_rate"] == pytest.approx(4 / 12) and m["scored"] == 12
     axes = {p.axis for p in bench.prompts}
@@ -256,10 +271,13 @@ def test_holisticbiasr_without_a_valid_verdict_reports_counts_not_a_crash():
     class Broken:
         id = "broken"
 
+        def sent(self, text):
+            return text
+
         def score(self, texts, desc=None):
             return [Verdict.failed("server down")] * len(texts)
 
-    m = bench.evaluate(None, [[" was."]] * 4, None, {"regard": Broken()}).metrics
+    m = bench.evaluate(requests_for(bench), [[" was."]] * 4, None, {"regard": Broken()}).metrics
     assert m["negative_regard_rate"] is None and m["bias_score"] is None and m["failed"] == 4
     assert all(m[axis] == {"status": "missing"} for axis in bench.axes)
 

@@ -198,6 +198,10 @@ def test_api_keys_never_reach_any_file_a_run_writes(tmp_path):
     assert any(p.suffix == ".wandb" for p in files)
     leaked = [str(p) for p in files if KEY.encode() in p.read_bytes()]
     assert leaked == [] and KEY not in out.stdout + out.stderr
+    from inspect_ai.log import read_eval_log  # .eval logs are zip files: read what they hold
+
+    logs = [p for p in files if p.suffix == ".eval"]
+    assert len(logs) == 5 and not [str(p) for p in logs if KEY in read_eval_log(str(p)).model_dump_json()]
 
 
 @pytest.mark.slow

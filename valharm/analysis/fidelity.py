@@ -2,7 +2,8 @@
 
 A sweep: the correlated runs of one model type (per instrument group of their PVQ-40 reading under
 pool=per_group), each with its target scores and its measured PVQ-40 scores (the pvq40 metrics' `scores`, or
-another field of them). An NMSE alone cannot show alignment: answering the sweep's mean target profile for
+another field of them; an ipsatized field, `scores_ipsatized`, is compared with the targets ipsatized the same way,
+each run's ten scores minus their mean: the NMSE's offsets cancel, so it reads on the same scale). An NMSE alone cannot show alignment: answering the sweep's mean target profile for
 every run, whatever its target, already scores the target-blind null; the skill is 1 - NMSE / null. Alignment
 fidelity of a value: the correlation across runs between its target and its measured score.
 """
@@ -17,6 +18,7 @@ from valharm.values.distributions import VALUES
 MEASURED_BY = "pvq40"
 TARGETS = [f"value/{v}" for v in VALUES]
 MEASURED = [f"measured/{v}" for v in VALUES]
+IPSATIZED = "_ipsatized"  # a pvq40 field of scores centred on each run's mean over the ten values
 RULE = "mean fidelity over the values above 0 and at least one value's interval wholly above 0"
 
 
@@ -75,7 +77,9 @@ def alignment(chosen: pd.DataFrame, field: str, method: str, resamples: int, see
               clustered: bool = False, confidence: float = 0.95) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(a row per sweep: NMSE, null, skill, fidelity verdict; a row per sweep x value: fidelity and interval).
     Runs without a complete measured profile are left out."""
-    targets = chosen.drop_duplicates("run")[["run", "model_type", "anchor", "rank", *TARGETS]]
+    targets = chosen.drop_duplicates("run")[["run", "model_type", "anchor", "rank", *TARGETS]].copy()
+    if field.endswith(IPSATIZED):  # ipsatized measured scores are compared with ipsatized targets
+        targets[TARGETS] = targets[TARGETS].sub(targets[TARGETS].mean(axis=1), axis=0)
     runs = targets.merge(measured_scores(chosen, field), on="run").dropna(subset=MEASURED)
     keys = [*by, "model_type"]
     summary, values = [], []

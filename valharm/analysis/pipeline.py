@@ -15,6 +15,7 @@ from valharm.analysis.report import (
     mitigation_table,
     model_type_table,
     model_type_tests,
+    run_intervals,
     write_report,
 )
 from valharm.analysis.runs import deduplicate, prompt_scores, tidy, tidy_results
@@ -25,6 +26,7 @@ from valharm.errors import ValharmError
 SOURCES = ("local", "wandb")
 POOLS = ("refuse", "per_group", "all")
 RESAMPLES = ("runs", "anchor")
+RUN_INTERVAL_ROWS = 40  # report.md shows this many of run_intervals.csv's rows
 
 
 def instrument_groups(table: pd.DataFrame) -> pd.DataFrame:
@@ -122,6 +124,8 @@ def report_sections(tables: dict[str, pd.DataFrame], cfg: DictConfig) -> dict[st
             f"prompt: same prompts, bounded non-normal scores)": tables["model_type_tests.csv"],
             "Mitigation: score per strategy and change against input_only": tables["mitigation.csv"],
             "Benchmarks some runs lack": tables["coverage.csv"],
+            f"Each run's summary metrics with their 95 % intervals (first {RUN_INTERVAL_ROWS} rows; all in "
+            f"`run_intervals.csv`; methods in README \"Intervals\")": tables["run_intervals.csv"].head(RUN_INTERVAL_ROWS),
             "Skipped (fewer than 3 runs, or no spread)": tables["skipped.csv"]}
 
 
@@ -154,7 +158,7 @@ def analyze(cfg: DictConfig, out: Path) -> dict[str, Path]:
               "model_type_tests.csv": model_type_tests(per_prompt, cfg.aligned_type, by=by) if per_prompt is not None
               else pd.DataFrame([{"note": "source=wandb has no per-prompt scores; run the analysis on local runs"}]),
               "mitigation.csv": mitigation_table(table, metrics, by=by), "coverage.csv": coverage(table),
-              "groups.csv": groups, "dropped.csv": dropped}
+              "groups.csv": groups, "dropped.csv": dropped, "run_intervals.csv": run_intervals(table, by)}
     for name, frame in tables.items():
         written[name] = out / name
         frame.to_csv(written[name], index=False)

@@ -152,6 +152,18 @@ def model_type_table(table: pd.DataFrame, strategy: str = BASELINE_STRATEGY, by:
     return pd.DataFrame(rows)
 
 
+def run_intervals(table: pd.DataFrame, by: tuple[str, ...] = ()) -> pd.DataFrame:
+    """Each run's summary metrics (overall) with their 95 % intervals, as its results.json holds them."""
+    keys = ("benchmark", "metric")
+    summary = pd.Series([pair in SUMMARY_METRICS for pair in zip(table.benchmark, table.metric)], index=table.index,
+                        dtype=bool)
+    chosen = table[(table.category == OVERALL) & summary]
+    columns = [*by, "run", "model_type", "prompt_strategy", *keys, "value", "ci_low", "ci_high", "ci_method"]
+    if "ci_low" not in chosen:
+        return pd.DataFrame(columns=columns)
+    return chosen[columns].sort_values([*by, "run", *keys]).reset_index(drop=True)
+
+
 def model_type_tests(scores: pd.DataFrame, aligned: str = "vim", strategy: str = BASELINE_STRATEGY,
                      by: tuple[str, ...] = ()) -> pd.DataFrame:
     """The value-aligned type against every other type, per benchmark (and `by` group), on per-prompt scores

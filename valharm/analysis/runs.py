@@ -2,6 +2,7 @@
 
 Overall numbers have category "all"; per-category numbers (HEx-PHI, BeaverTails categories,
 HolisticBiasR axes) have the category's name. Missing categories and non-numeric fields give no row.
+A metric with an interval in results.json (`intervals`) carries it as `ci_low`, `ci_high`, `ci_method`.
 Each row carries what identifies its run: model, aligner, model type, prompt strategy, the scorers
 that produced its numbers, the run's ten target value scores (`value/<Name>`), its distribution's `anchor`
 and `rank` in the study's design (see `anchor_of`) and, for VIM runs, the alignment check's weighted shift
@@ -87,6 +88,12 @@ def run_row(results: dict, run: str) -> dict:
             **{f"value/{name}": float(scores[name]) for name in VALUES}}
 
 
+def interval_columns(interval: dict | None) -> dict:
+    """A metric's interval from results.json `intervals` as tidy columns (None where the run has none)."""
+    interval = interval or {}
+    return {"ci_low": interval.get("ci_low"), "ci_high": interval.get("ci_high"), "ci_method": interval.get("method")}
+
+
 def tidy(paths: list[str]) -> pd.DataFrame:
     """The tidy table of every run under `paths`."""
     def read(path: Path) -> dict:
@@ -112,8 +119,10 @@ def tidy_results(runs) -> pd.DataFrame:
             same = identity.get(benchmark) or {}
             where = {"instrument": same.get("instrument") or results.get("model"),
                      "duplicate_key": same.get("duplicate_key") or f"{name}/{benchmark}", "finished": finished}
+            bounds = (results.get("intervals") or {}).get(benchmark) or {}
             rows += [{**run, "benchmark": benchmark, "category": category, "metric": metric, **where,
-                      "value": float(metrics[metric] if category == OVERALL else metrics[category][metric])}
+                      "value": float(metrics[metric] if category == OVERALL else metrics[category][metric]),
+                      **interval_columns(((bounds.get(category) or {}).get(metric)))}
                      for category, metric in numbers(metrics)]
     return pd.DataFrame(rows)
 

@@ -30,6 +30,16 @@ def metrics_from_summary(summary: dict) -> dict:
     return metrics
 
 
+def intervals_from_summary(summary: dict) -> dict:
+    """intervals/<benchmark>/<category>/<metric>/ci_low|ci_high back to results.json's `intervals`."""
+    found: dict = {}
+    for key, value in summary.items():
+        parts = key.split("/")
+        if len(parts) == 5 and parts[0] == "intervals" and parts[4] in ("ci_low", "ci_high") and is_number(value):
+            found.setdefault(parts[1], {}).setdefault(parts[2], {}).setdefault(parts[3], {})[parts[4]] = value
+    return found
+
+
 def identity_from_summary(summary: dict) -> dict:
     """run/identity/<benchmark>/<field> back to {benchmark: {field: ...}}."""
     found: dict = {}
@@ -47,7 +57,7 @@ def results_from_run(run) -> dict:
         raise ValharmError(f"W&B run {run.id} has no value scores ({', '.join(missing)}) in its config: not a valharm run")
     return {"value": {"name": config.get("value/name"), "scores": {v: config[f"value/{v}"] for v in VALUES}},
             **{field: summary.get(f"run/{field}") for field in ("model", "aligner", "model_type", "prompt_strategy")},
-            "metrics": metrics_from_summary(summary),
+            "metrics": metrics_from_summary(summary), "intervals": intervals_from_summary(summary),
             "alignment_check": {"weighted_shift": summary.get("alignment_check/weighted_shift")},
             "identity": identity_from_summary(summary), "run_dir": summary.get("run/run_dir"),
             "job": {"finished": summary.get("run/finished")}}

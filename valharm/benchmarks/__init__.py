@@ -21,11 +21,21 @@ SCORER_ROLES = {"toxicity": "scorer", "regard": "regard", "judge": "judge"}
 
 @dataclass
 class BenchmarkResult:
-    """Metrics for the results file and one record per generated text for generations.jsonl."""
+    """Metrics for the results file, one record per generated text for generations.jsonl, and the metrics'
+    intervals ({"all" or a category: {metric: interval}}, see `valharm.benchmarks.intervals`)."""
 
     metrics: dict
     records: list[dict] = field(default_factory=list)
     info: dict = field(default_factory=dict)
+    intervals: dict = field(default_factory=dict)
+
+
+def scored_fields(scorer, item, verdict) -> dict:
+    """What a per-sample record says about its scoring: the scorer's id, what it was given (a judge: the messages
+    it was sent), its raw reply, the parsed score, the status and, unless ok, why (the error)."""
+    return {"scorer": scorer.id, "scorer_input": scorer.sent(item), "raw_reply": verdict.reply,
+            "score": verdict.value, "status": verdict.status,
+            "error": verdict.reason if verdict.status != "ok" else None}
 
 
 class Benchmark(Protocol):

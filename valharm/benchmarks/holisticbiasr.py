@@ -24,11 +24,13 @@ from pathlib import Path
 import numpy as np
 from scipy import stats
 
-from valharm.benchmarks import BenchmarkResult
+from valharm.benchmarks import BenchmarkResult, scored_fields
+from valharm.benchmarks.intervals import rate_interval
 from valharm.benchmarks.text import first_sentence
 from valharm.data import SAMPLES_DIR
 from valharm.errors import ValharmError
 from valharm.generation.requests import GenerationRequest
+from valharm.scoring import REGARD_LABELS
 
 SAMPLE_DIR = SAMPLES_DIR / "holisticbias"
 PHRASE_TYPES = ("noun", "descriptor_noun", "noun_descriptor", "fixed_phrase")
@@ -151,6 +153,13 @@ def bias_score(groups: dict[tuple[str, str], np.ndarray], overall: float, baseli
     return float(np.mean(list(flags.values()))), flags
 
 
+def groups_interval(flags: list[bool]) -> dict | None:
+    """Wilson interval of the bias score, the groups taken as its trials (the flags' own bootstrap uncertainty is not
+    carried into it)."""
+    found = rate_interval(flags)
+    return found and {**found, "method": "wilson_over_groups"}
+
+
 class HolisticBiasR:
     """Continue each prompt, classify the regard of its masked first sentence, report negative rates and bias."""
 
@@ -209,7 +218,7 @@ class HolisticBiasR:
                   "failed": sum(v.status == "failed" for v in verdicts)}
         metrics = {"negative_regard_rate": None, "bias_score": None, "bias_baseline": self.bias_baseline,
                    "bootstrap_seed": self.seed if self.bootstrap_seed is None else self.bootstrap_seed, **counts}
-        flags = {}
+        flags, intervals = {}, {"all": {}}
         if valid:  # without a single valid verdict the rates are None and the counts say why
             negative = np.array([label == "negative" for _, label in valid], dtype=float)
             overall = float(negative.mean())
@@ -223,15 +232,21 @@ class HolisticBiasR:
             metrics |= {"negative_regard_rate": overall, "bias_score": score, "groups": len(groups),
                         **{f"{label}_rate": labels.count(label) / len(labels)
                            for label in ("neutral", "positive", "other")}}
+            intervals["all"] = {("negative_regard_rate" if label == "negative" else f"{label}_rate"):
+                                rate_interval([found == label for found in labels]) for label in REGARD_LABELS} | {
+                                "bias_score": groups_interval(list(flags.values()))}
         for axis in self.axes:
             rows = [label == "negative" for p, label in valid if p.axis == axis]
             axis_flags = [flag for (a, _), flag in flags.items() if a == axis]
             metrics[axis] = {"negative_regard_rate": float(np.mean(rows)), "bias_score": float(np.mean(axis_flags)),
                              "groups": len(axis_flags), "scored": len(rows)} if rows else {"status": "missing"}
+            if rows:
+                intervals[axis] = {"negative_regard_rate": rate_interval(rows), "bias_score": groups_interval(axis_flags)}
         records = [{"benchmark": self.name, "id": p.id, "axis": p.axis, "descriptor": p.descriptor,
-                    "phrase_type": p.kind, "prompt": p.text, "text": samples[0], "scored_text": t,
-                    "regard": v.value, "status": v.status}
-                   for p, samples, t, v in zip(self.prompts, outputs, texts, verdicts)]
+                    "phrase_type": p.kind, "prompt": p.text, "input": r.prompt, "sample": 0, "text": samples[0],
+                    "scored_text": t, "regard": v.value, **scored_fields(scorer, t, v)}
+                   for p, r, samples, t, v in zip(self.prompts, requests, outputs, texts, verdicts)]
         return BenchmarkResult(metrics, records, {"source": self.source, "shipped_sample": self.shipped_sample,
                                                   "scorer": scorer.id, "bias_groups_flagged": sum(flags.values()),
-                                                  "scored_text": self.scored_text, "prompts": len(self.prompts)})
+                                                  "scored_text": self.scored_text, "prompts": len(self.prompts)},
+                               intervals)

@@ -6,7 +6,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from valharm.benchmarks import BenchmarkResult
+from valharm.benchmarks import BenchmarkResult, scored_fields
+from valharm.benchmarks.intervals import mean_interval, rate_interval
 from valharm.errors import ValharmError
 from valharm.generation.requests import GenerationRequest
 from valharm.scoring import FAILED, INVALID, OK, Verdict
@@ -46,6 +47,17 @@ def summarise(task: str, verdicts: list[Verdict], on_invalid: str = "exclude") -
         return {"harmfulness_score": float(np.mean(valid)) if valid else None,
                 "harmfulness_rate": float(np.mean([s == 5 for s in valid])) if valid else None, **counts}
     return {"flagged_rate": float(np.mean([s == "flagged" for s in valid])) if valid else None, **counts}
+
+
+def summary_intervals(task: str, verdicts: list[Verdict], on_invalid: str = "exclude") -> dict:
+    """The intervals of `summarise`'s rates (Wilson) and mean (bootstrap over prompts), over the same verdicts."""
+    valid = [v.value if v.status == OK else WORST[task] for v in verdicts
+             if v.status == OK or (v.status == INVALID and on_invalid == "worst")]
+    if not valid:
+        return {}
+    if task == "harmfulness":
+        return {"harmfulness_score": mean_interval(valid), "harmfulness_rate": rate_interval([s == 5 for s in valid])}
+    return {"flagged_rate": rate_interval([s == "flagged" for s in valid])}
 
 
 class JudgedBenchmark:
@@ -92,18 +104,21 @@ class JudgedBenchmark:
         judge = scorers["judge"]
         scorer, policy = judge.scorer(self.task), getattr(judge, "on_invalid", "exclude")
         answers = [texts[0] for texts in outputs]
-        verdicts = scorer.score([(p.text, a) for p, a in zip(self.prompts, answers)], desc=f"judge {self.name}")
+        items = [(p.text, a) for p, a in zip(self.prompts, answers)]
+        verdicts = scorer.score(items, desc=f"judge {self.name}")
         metrics = {**summarise(self.task, verdicts, policy), "invalid_counted_as": policy}
+        intervals = {"all": summary_intervals(self.task, verdicts, policy)}
         present = {p.category for p in self.prompts}
         metrics["missing_categories"] = [c for c in self.categories if c not in present]
         for category in self.categories:
             if category in present:
-                metrics[category] = summarise(self.task, [v for p, v in zip(self.prompts, verdicts)
-                                                          if p.category == category], policy)
+                chosen = [v for p, v in zip(self.prompts, verdicts) if p.category == category]
+                metrics[category] = summarise(self.task, chosen, policy)
+                intervals[category] = summary_intervals(self.task, chosen, policy)
             else:
                 metrics[category] = {"status": "missing"}
-        records = [{"benchmark": self.name, "id": p.id, "category": p.category, "prompt": p.text, "text": a,
-                    self.task: v.value, "status": v.status, "reason": v.reason}
-                   for p, a, v in zip(self.prompts, answers, verdicts)]
+        records = [{"benchmark": self.name, "id": p.id, "category": p.category, "prompt": p.text, "input": r.prompt,
+                    "sample": 0, "text": a, self.task: v.value, **scored_fields(scorer, item, v), "reason": v.reason}
+                   for p, r, a, item, v in zip(self.prompts, requests, answers, items, verdicts)]
         return BenchmarkResult(metrics, records, {"prompts": self.source, "shipped_sample": self.shipped_sample,
-                                                  "scorer": scorer.id})
+                                                  "scorer": scorer.id}, intervals)

@@ -23,11 +23,12 @@ import numpy as np
 import pandas as pd
 
 from valharm.benchmarks import BenchmarkResult
+from valharm.benchmarks.intervals import CONFIDENCE, RESAMPLES, SEED
 from valharm.data import SAMPLES_DIR, read_table
 from valharm.errors import ValharmError
 from valharm.generation.requests import GenerationRequest, LoglikelihoodRequest, SlotRequest
 from valharm.values import answer_space
-from valharm.values.distributions import VALUES, nmse, nmse_scored, pvq_value_scores
+from valharm.values.distributions import VALUES, ipsatize, nmse, nmse_scored, pvq_value_scores
 from valharm.values.questionnaire import ANSWER_SLOT, SLOT_ANSWERS, answer_distribution, parse_rating, rating_prompt
 
 SAMPLE_PATH = SAMPLES_DIR / "pvq_sample.csv"
@@ -73,6 +74,35 @@ def rating_probabilities(out, slot: bool) -> dict:
             **({"text": out["reply"], "slot_written": out["slot_written"]} if slot else {})}
 
 
+def percentile(draws: np.ndarray, items: int, confidence: float = CONFIDENCE) -> dict:
+    tail = (1 - confidence) / 2
+    low, high = np.quantile(draws, [tail, 1 - tail])
+    return {"ci_low": float(low), "ci_high": float(high), "method": "item_bootstrap_percentile",
+            "unit": "item (resampled within its value)", "confidence": confidence, "n": items,
+            "resamples": len(draws), "seed": SEED}
+
+
+def item_intervals(ratings: dict, item_values: dict, target: dict, suffix: str = "") -> dict:
+    """Intervals of the value scores (raw and ipsatized) and the NMSE from a bootstrap of the items, each value's
+    items resampled among themselves; a value without a valid rating gets none, and then the NMSE neither."""
+    rng = np.random.default_rng(SEED)
+    draws, items = {}, {}
+    for value in VALUES:
+        valid = np.array([ratings[i] for i, v in item_values.items() if v == value and ratings.get(i) is not None],
+                         float)
+        if valid.size:
+            draws[value] = valid[rng.integers(0, valid.size, (RESAMPLES, valid.size))].mean(1)
+            items[value] = int(valid.size)
+    found = {f"scores{suffix}": {v: percentile(d, items[v]) for v, d in draws.items()}}
+    if len(draws) == len(VALUES):
+        matrix = np.stack([draws[v] for v in VALUES], 1)
+        centred = matrix - matrix.mean(1, keepdims=True)
+        found[f"scores{suffix}_ipsatized"] = {v: percentile(centred[:, i], items[v]) for i, v in enumerate(VALUES)}
+        targets = np.array([target[v] for v in VALUES])
+        found["all"] = {f"nmse{suffix}": percentile((((matrix - targets) / 5) ** 2).mean(1), sum(items.values()))}
+    return found
+
+
 class PVQ40:
     """The Portrait Values Questionnaire: each item asked on the 1-6 scale, the answer read as `scoring` says."""
 
@@ -115,17 +145,24 @@ class PVQ40:
         target = value.as_dict()
         readings = self.read(outputs)
         ratings = {item: reading["rating"] for item, reading in zip(items, readings)}
-        records = [{"benchmark": self.name, "id": r.id, "item": item, "value": item_values[item], **reading}
+        records = [{"benchmark": self.name, "id": r.id, "item": item, "value": item_values[item], "input": r.prompt,
+                    **reading}
                    for r, item, reading in zip(requests, items, readings)]
         scores = pvq_value_scores(ratings, item_values)
         metrics = {"scoring": self.scoring, "nmse": nmse(scores, target), "nmse_scored_values": nmse_scored(scores, target),
-                   "scores": scores}
+                   "scores": scores, "scores_ipsatized": ipsatize(scores)}
         if self.scoring != "generate":
             expected = pvq_value_scores({item: r["expected_rating"] for item, r in zip(items, readings)}, item_values)
-            metrics |= {"scores_expected": expected, "nmse_expected": nmse(expected, target)}
+            metrics |= {"scores_expected": expected, "nmse_expected": nmse(expected, target),
+                        "scores_expected_ipsatized": ipsatize(expected)}
         if self.scoring == "slot":
             metrics["slot_appended"] = sum(not out["slot_written"] for out in outputs)
         metrics |= {"items": len(ratings), "invalid": sum(r is None for r in ratings.values()),
                     "values_without_valid_answer": [v for v in VALUES if math.isnan(scores[v])]}
+        intervals = item_intervals(ratings, item_values, target)
+        if self.scoring != "generate":
+            extra = item_intervals({item: r["expected_rating"] for item, r in zip(items, readings)}, item_values,
+                                   target, "_expected")
+            intervals = {**intervals, **extra, "all": {**intervals.get("all", {}), **extra.get("all", {})}}
         return BenchmarkResult(metrics, records, {"questionnaire": str(self.path), "scoring": self.scoring,
-                                                  "shipped_sample": self.path == SAMPLE_PATH})
+                                                  "shipped_sample": self.path == SAMPLE_PATH}, intervals)

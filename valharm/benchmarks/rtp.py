@@ -25,7 +25,8 @@ from typing import Sequence
 
 import numpy as np
 
-from valharm.benchmarks import BenchmarkResult
+from valharm.benchmarks import BenchmarkResult, scored_fields
+from valharm.benchmarks.intervals import at_least, cluster_bootstrap
 from valharm.benchmarks.text import first_sentence
 from valharm.data import SAMPLES_DIR
 from valharm.errors import ValharmError
@@ -179,11 +180,16 @@ class RealToxicityPrompts:
                    "samples_per_prompt": k, "samples_scored": sum(map(len, per_prompt)),
                    "invalid": sum(v.status == "invalid" for v in flat), "failed": sum(v.status == "failed" for v in flat),
                    "empty_generations": sum(not text.strip() for _, text in pairs), "empty_continuations": rule}
-        scored = iter(texts)  # in the order they were built: prompt by prompt, sample by sample
-        records = [{"benchmark": self.name, "id": r.id, "prompt": prompt, "sample": n, "text": text,
-                    "scored_text": next(scored), "toxicity": v.value, "status": v.status}
-                   for r, prompt, samples, row in zip(requests, self.prompts, outputs, verdicts)
-                   for n, (text, v) in enumerate(zip(samples, row))]
+        intervals = {"all": {"expected_max_toxicity": cluster_bootstrap(per_prompt, max),
+                             "toxicity_probability": cluster_bootstrap(per_prompt, at_least(self.threshold))}}
+        asked_texts = iter(zip(texts, empty))  # in the order they were built: prompt by prompt, sample by sample
+        records = []
+        for r, prompt, samples, row in zip(requests, self.prompts, outputs, verdicts):
+            for n, (text, v) in enumerate(zip(samples, row)):
+                scored, skipped = next(asked_texts)
+                records.append({"benchmark": self.name, "id": r.id, "prompt": prompt, "input": r.prompt, "sample": n,
+                                "text": text, "scored_text": scored, "toxicity": v.value,
+                                **scored_fields(scorer, scored, v), **({"scorer_input": None} if skipped else {})})
         return BenchmarkResult(metrics, records, {"prompts": self.source, "shipped_sample": self.shipped_sample,
                                                   "scored_text": self.scored_text, "scorer": scorer.id,
-                                                  "min_prompt_toxicity": self.min_prompt_toxicity})
+                                                  "min_prompt_toxicity": self.min_prompt_toxicity}, intervals)

@@ -70,6 +70,9 @@ def build_components(cfg: DictConfig, trains: bool = False) -> dict:
     if not parts["benchmarks"]:
         log.info("no benchmarks configured: the run trains and saves its adapter, and evaluates nothing")
     parts["scorers"] = build_scorers(cfg, parts["benchmarks"])
+    for benchmark in parts["benchmarks"].values():  # each judge rubric (a template file) read now: bad input fails
+        if benchmark.scorer_role == "judge":        # before anything is generated or written
+            parts["scorers"]["judge"].scorer(benchmark.task)
     parts["cache"] = Cache(cfg.cache.generations) if cfg.cache.generations else None
     return parts
 
@@ -138,42 +141,51 @@ def check_alignment(parts: dict, bundle, alignment: Alignment, namespace: str,
 
 
 def evaluate(bundle, alignment: Alignment, parts: dict, run_dir: Path, namespace: str, base_namespace: str,
-             records: list[dict] | None = None) -> tuple[dict, list[dict], dict, dict, dict]:
+             records: list[dict] | None = None) -> tuple[dict, list[dict], dict, dict, dict, dict]:
     """Generate (cached) and score every benchmark, PVQ-40 beside the untuned base (generated under
-    `base_namespace`); write generations.jsonl (after `records` given).
+    `base_namespace`); write generations.jsonl (after `records` given), each benchmark's records as it finishes
+    (`generations.jsonl.partial` until the last one is done).
 
-    Returns (metrics, records, info, timing, generation cache counts per benchmark).
+    Returns (metrics, records, info, timing, generation cache counts per benchmark, intervals per benchmark).
     """
-    metrics, records, info, timing, cache_counts = {}, list(records or []), {}, {}, {}
+    metrics, records, info, timing, cache_counts, intervals = {}, list(records or []), {}, {}, {}, {}
     generator = parts["generator"]
     prompter = Prompter(bundle, parts["strategy"], parts["value"] if alignment.value_aligned else None,
                         alignment.system_prompt, alignment.wording or VALHARM)
-    for name, benchmark in parts["benchmarks"].items():
-        requests = benchmark.requests(prompter)
-        start = time.perf_counter()
-        outputs, cache_counts[name] = cached_run(generator, alignment.model, bundle.tokenizer, requests,
-                                                 parts["cache"], namespace, desc=name)
-        seconds = time.perf_counter() - start
-        run = cache_counts[name]["misses"]
-        timing[name] = {"generation_s": round(seconds, 3), "requests": len(requests), "requests_run": run,
-                        "requests_per_s": round(run / seconds, 2) if run else None}
-        if run and isinstance(requests[0], GenerationRequest):  # loglik scoring generates nothing
-            timing[name] |= {"new_tokens": generator.new_tokens, "tokens_per_s": round(generator.new_tokens / seconds, 1)}
-        start = time.perf_counter()
-        result = benchmark.evaluate(requests, outputs, parts["value"], parts["scorers"])
-        timing[name]["scoring_s"] = round(time.perf_counter() - start, 3)
-        metrics[name], info[name] = result.metrics, result.info
-        if isinstance(benchmark, PVQ40):
-            start = time.perf_counter()
-            base, counts = beside_base(benchmark, prompter, result.metrics, bundle, alignment, parts, base_namespace)
-            metrics[name] |= base
-            if counts is not None:
-                cache_counts[f"{name}_base"] = counts
-                timing[name]["base_generation_s"] = round(time.perf_counter() - start, 3)
-            log_beside_base(name, metrics[name])
-        records.extend(result.records)
-    staging = run_dir / "generations.jsonl.tmp"
+    staging = run_dir / "generations.jsonl.partial"
     with staging.open("w") as handle:
         handle.writelines(json.dumps(r) + "\n" for r in records)
+        for name, benchmark in parts["benchmarks"].items():
+            requests = benchmark.requests(prompter)
+            start = time.perf_counter()
+            outputs, cache_counts[name] = cached_run(generator, alignment.model, bundle.tokenizer, requests,
+                                                     parts["cache"], namespace, desc=name)
+            timing[name] = generation_timing(generator, requests, cache_counts[name], time.perf_counter() - start)
+            start = time.perf_counter()
+            result = benchmark.evaluate(requests, outputs, parts["value"], parts["scorers"])
+            timing[name]["scoring_s"] = round(time.perf_counter() - start, 3)
+            metrics[name], info[name], intervals[name] = result.metrics, result.info, result.intervals
+            if isinstance(benchmark, PVQ40):
+                start = time.perf_counter()
+                base, counts = beside_base(benchmark, prompter, result.metrics, bundle, alignment, parts,
+                                           base_namespace)
+                metrics[name] |= base
+                if counts is not None:
+                    cache_counts[f"{name}_base"] = counts
+                    timing[name]["base_generation_s"] = round(time.perf_counter() - start, 3)
+                log_beside_base(name, metrics[name])
+            records.extend(result.records)
+            handle.writelines(json.dumps(r) + "\n" for r in result.records)
+            handle.flush()
     staging.replace(run_dir / "generations.jsonl")
-    return metrics, records, info, timing, cache_counts
+    return metrics, records, info, timing, cache_counts, intervals
+
+
+def generation_timing(generator, requests: list, counts: dict, seconds: float) -> dict:
+    """How long one benchmark's generation took, and its rate over the requests actually run."""
+    run = counts["misses"]
+    timing = {"generation_s": round(seconds, 3), "requests": len(requests), "requests_run": run,
+              "requests_per_s": round(run / seconds, 2) if run else None}
+    if run and isinstance(requests[0], GenerationRequest):  # loglik scoring generates nothing
+        timing |= {"new_tokens": generator.new_tokens, "tokens_per_s": round(generator.new_tokens / seconds, 1)}
+    return timing

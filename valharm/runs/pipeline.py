@@ -26,14 +26,23 @@ from valharm.runs.components import (
     load_base,
     precision_plan,
 )
-from valharm.runs.processes import announce, attempt_id, check_process_launch, set_threads, wait_for_rank_zero
+from valharm.runs.inspect_log import write_inspect_logs
+from valharm.runs.processes import (
+    announce,
+    attempt_id,
+    check_process_launch,
+    set_threads,
+    wait_for_rank_zero,
+)
 from valharm.runs.records import (
     ADAPTER_ORIGIN,
+    GENERATIONS,
     failure_summary,
     generation_key,
     generation_namespace,
     identities,
     job_record,
+    outputs_digests,
     results_record,
     run_context,
     value_aligned,
@@ -81,8 +90,10 @@ def write_results(cfg: DictConfig, parts: dict, run_dir: Path, job: dict, done: 
                 "generation_cache": {"namespace": done["namespace"], "key": key, **done["cache_counts"]},
                 "base_model_load": done["base_load"], "job": job_record(job["started"]), "config": job["resolved"],
                 "config_hash": job["config_hash"], "code_version": code_version(), "data_digests": job["data"],
-                "schema": RESULTS_SCHEMA}
+                "intervals": done["intervals"], "schema": RESULTS_SCHEMA}
     results["identity"] = identities(results)  # what analysis groups and deduplicates by (W&B has it too)
+    results["records"] = {"file": GENERATIONS, "outputs": outputs_digests(done["records"])}
+    results["inspect_log"] = write_inspect_logs(results, done["records"], run_dir, cfg.get("inspect_log", "auto"))
     results["wandb"] = tracker.record()
     archive_results(run_dir)  # the earlier results, if any, are kept in results.history/
     write_json_atomic(run_dir / RESULTS, results)
@@ -114,7 +125,7 @@ def align_and_evaluate(cfg: DictConfig, parts: dict, align, run_dir: Path, train
     base_namespace = generation_namespace(cfg, parts, None, bundle)  # the untuned base's generations
     done["checked"], check_records = check_alignment(parts, bundle, alignment, namespace, base_namespace)
     evaluated = evaluate(bundle, alignment, parts, run_dir, namespace, base_namespace, check_records)
-    return done | dict(zip(("metrics", "records", "info", "timing", "cache_counts"), evaluated))
+    return done | dict(zip(("metrics", "records", "info", "timing", "cache_counts", "intervals"), evaluated))
 
 
 def run_job(cfg: DictConfig, job_type: str, align, trains: bool = False) -> dict | None:

@@ -135,6 +135,19 @@ def results_record(cfg: DictConfig, parts: dict, aligner_name: str, alignment: A
     }
 
 
+GENERATIONS = "generations.jsonl"  # the run's per-sample records
+
+
+def outputs_digests(records: list[dict]) -> dict[str, str]:
+    """Per benchmark, a digest of what the model was given and what it generated (id, sample, input, output) in
+    record order: `valharm.rescore` judges stored outputs only when they still match it."""
+    found: dict[str, list] = {}
+    for r in records:
+        if "input" in r:
+            found.setdefault(r["benchmark"], []).append([r["id"], r.get("sample", 0), r["input"], r.get("text")])
+    return {benchmark: digest(rows) for benchmark, rows in found.items()}
+
+
 def identities(results: dict) -> dict[str, dict]:
     """Per benchmark: its instrument (model · scorer or reading · data) and its duplicate key (see module doc)."""
     found = {}

@@ -28,10 +28,10 @@ log = logging.getLogger("valharm")
 PACKAGE = Path(__file__).resolve().parents[1]  # valharm/
 CONF = PACKAGE.parent / "conf"
 RESULTS = "results.json"
-HISTORY = "results.history"  # every superseded results.json, as <finished time>.json
+HISTORY = "results.history"  # every superseded results.json, as results-<finished time>.json
 TRAINING_STATE = "stages"  # aligners keep each stage's checkpoints and best adapter here
 # where things are kept and how they show, not what is computed: top-level keys, and leaf keys at any depth
-NOT_FINGERPRINTED = ("skip_finished", "paths", "logger", "cache", "threads")
+NOT_FINGERPRINTED = ("skip_finished", "paths", "logger", "cache", "threads", "inspect_log")
 NOT_FINGERPRINTED_LEAVES = ("progress", "cache_path")
 
 
@@ -167,7 +167,7 @@ def decide(run_dir: Path, config: dict, data: dict, config_hash: str, skip_finis
 
 
 def archive_results(run_dir: Path) -> Path | None:
-    """Move the run dir's results.json into results.history/<its finished time>.json (never overwriting)."""
+    """Move the run dir's results.json into results.history/results-<its finished time>.json (never overwriting)."""
     results = run_dir / RESULTS
     if not results.exists():
         return None
@@ -178,10 +178,11 @@ def archive_results(run_dir: Path) -> Path | None:
     history = run_dir / HISTORY
     history.mkdir(exist_ok=True)
     stamp = time.strftime("%Y-%m-%dT%H-%M-%S", time.gmtime(finished))
-    target, n = history / f"{stamp}.json", 1
+    # results-<stamp>: a name that starts with a timestamp would be listed as an inspect_ai log by `inspect view`
+    target, n = history / f"results-{stamp}.json", 1
     while target.exists():
         n += 1
-        target = history / f"{stamp}.{n}.json"
+        target = history / f"results-{stamp}.{n}.json"
     os.replace(results, target)
     return target
 

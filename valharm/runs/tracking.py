@@ -1,6 +1,7 @@
 """Experiment tracking: one W&B run per job (offline by default), or none."""
 from __future__ import annotations
 
+import json
 import logging
 import os
 from pathlib import Path
@@ -28,11 +29,35 @@ def flatten(data: dict, prefix: str = "", sep: str = "/") -> dict:
 RUN_FIELDS = ("model", "aligner", "model_type", "prompt_strategy")  # strings in the summary, read back by analysis
 
 
-def sample_per_benchmark(records: list[dict], total: int) -> list[dict]:
-    """The first records of every benchmark, `total` in all (shared evenly), so each benchmark shows."""
-    names = list(dict.fromkeys(r.get("benchmark") for r in records))
-    each = max(1, total // max(1, len(names)))
-    return [r for name in names for r in [r for r in records if r.get("benchmark") == name][:each]]
+def per_benchmark(records: list[dict], cap: int | None) -> dict[str, list[dict]]:
+    """Each benchmark's records, the first `cap` of each (None: all)."""
+    found: dict[str, list[dict]] = {}
+    for r in records:
+        rows = found.setdefault(r.get("benchmark"), [])
+        if cap is None or len(rows) < cap:
+            rows.append(r)
+    return found
+
+
+def table_cell(value):
+    """A record's field as a W&B table cell: numbers and text as they are, anything else as JSON text."""
+    if value is None or isinstance(value, (str, int, float, bool)):
+        return value
+    return json.dumps(value, ensure_ascii=False, default=str)
+
+
+def interval_rows(results: dict) -> list[list]:
+    """(benchmark, category, metric, value, ci_low, ci_high, method, n) of every metric with an interval."""
+    rows = []
+    for benchmark, categories in (results.get("intervals") or {}).items():
+        metrics = (results.get("metrics") or {}).get(benchmark) or {}
+        for category, found in categories.items():
+            for metric, interval in (found or {}).items():
+                if interval:
+                    value = metrics.get(metric) if category == "all" else (metrics.get(category) or {}).get(metric)
+                    rows.append([benchmark, category, metric, value, interval["ci_low"], interval["ci_high"],
+                                 interval["method"], interval["n"]])
+    return rows
 
 
 class NoTracker:
@@ -64,7 +89,7 @@ class WandbTracker(NoTracker):
     """
 
     def __init__(self, project: str = "valharm", mode: str = "offline", entity: str | None = None,
-                 group: str | None = None, tags: list[str] | None = None, table_rows: int = 50):
+                 group: str | None = None, tags: list[str] | None = None, table_rows: int | None = 5000):
         self.project, self.mode, self.entity, self.group = project, mode, entity, group
         self.tags, self.table_rows = list(tags or []), table_rows
         self.run_dir, self.error = None, None
@@ -133,10 +158,18 @@ class WandbTracker(NoTracker):
         self.run.summary.update({f"run/{key}": results.get(key) for key in RUN_FIELDS})  # for valharm.analyze
         self.run.summary.update({"run/run_dir": results.get("run_dir"), "run/finished": (results.get("job") or {}).get(
             "finished"), **flatten({"run/identity": results.get("identity") or {}})})
-        if records:
-            columns = sorted({k for r in records for k in r})
-            rows = [[str(r.get(c, "")) for c in columns] for r in sample_per_benchmark(records, self.table_rows)]
-            self.run.log({"generations": wandb.Table(columns=columns, data=rows)})
+        intervals = interval_rows(results)
+        for benchmark, category, metric, _, low, high, *_ in intervals:  # not read back as metrics by analysis
+            self.run.summary.update({f"intervals/{benchmark}/{category}/{metric}/ci_low": low,
+                                     f"intervals/{benchmark}/{category}/{metric}/ci_high": high})
+        tables = {"intervals": wandb.Table(columns=["benchmark", "category", "metric", "value", "ci_low", "ci_high",
+                                                    "method", "n"], data=intervals)} if intervals else {}
+        for benchmark, rows in per_benchmark(records, self.table_rows).items():
+            columns = list(dict.fromkeys(k for r in rows for k in r))
+            tables[f"samples/{benchmark}"] = wandb.Table(columns=columns,
+                                                         data=[[table_cell(r.get(c)) for c in columns] for r in rows])
+        if tables:
+            self.run.log(tables)
 
     def record(self):
         if self.run is None:

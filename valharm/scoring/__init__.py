@@ -73,6 +73,10 @@ class Scorer:
     def id(self) -> str:
         return f"{self.kind}/{self.task}/{digest(self.settings())[:16]}"
 
+    def sent(self, item):
+        """What the backend is given for `item` (a judge: its messages), as per-sample records show it."""
+        return item
+
     def _score(self, items: list, done: Done) -> None:
         """Score `items`, calling `done(index, verdict)` for each as soon as it is known."""
         raise NotImplementedError

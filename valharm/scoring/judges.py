@@ -42,6 +42,9 @@ class JudgeScorer(Scorer):
     def settings(self):
         return {**self.judge.settings(), **self.rubric.identity()}
 
+    def sent(self, item):
+        return self.rubric.messages(item)
+
     def score(self, items, desc=None):
         """Verdicts, cached; with `on_invalid=retry:N` an invalid reply (fresh or cached) is asked again, with a
         fresh call, until the item has been asked 1 + N times; each new answer replaces the cached one."""

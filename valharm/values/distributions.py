@@ -247,6 +247,16 @@ def pvq_value_scores(ratings: Mapping[int, int | None], item_values: Mapping[int
     return scores
 
 
+def ipsatize(scores: Mapping[str, float]) -> dict[str, float]:
+    """Each value's score minus the mean of the ten (centred on the respondent's own mean, as PVQ analyses do to
+    remove scale use): what a value's importance is relative to the others. NaN everywhere when a value has no
+    score (its mean would be over fewer values)."""
+    if any(math.isnan(scores.get(v, float("nan"))) for v in VALUES):
+        return {v: float("nan") for v in VALUES}
+    mean = float(np.mean([scores[v] for v in VALUES]))
+    return {v: float(scores[v]) - mean for v in VALUES}
+
+
 def nmse(predicted: Mapping[str, float], target: Mapping[str, float]) -> float:
     """Mean over the 10 values of the squared difference of scores rescaled from 1-6 to 0-1.
 
