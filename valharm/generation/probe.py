@@ -91,10 +91,10 @@ def prompt_logprobs(generator, tokenizer, as_ids: bool) -> tuple[str, str]:
     token = first.choices[0].text if first is not None and first.choices else ""
     if not token:
         return "absent", f"no token generated after {PROBE_PROMPT!r}"
-    text = PROBE_PROMPT + token
-    prompt, longer = (PROBE_PROMPT, text)
-    if as_ids:
-        prompt, longer = encode_prompts(tokenizer, [PROBE_PROMPT, text])
+    prompt, longer = PROBE_PROMPT, PROBE_PROMPT + token
+    if as_ids:  # the token appended as it encodes alone (re-encoding the whole text could merge it)
+        prompt = encode_prompts(tokenizer, [PROBE_PROMPT])[0]
+        longer = prompt + tokenizer(token, add_special_tokens=False)["input_ids"]
     short, long = echoed(generator, prompt), echoed(generator, longer)
     if not short or not long or short[-1] is None or len(long) < 2 or long[-2] is None:
         return "absent", "no log-probabilities of the prompt came back with echo=true, logprobs=1"
