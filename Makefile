@@ -10,7 +10,7 @@ export WANDB_MODE ?= offline
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: setup demo study-smoke test test-slow bench bench-judge bench-adapters bench-gpu clean
+.PHONY: setup demo study-smoke test test-slow test-server bench bench-judge bench-adapters bench-gpu clean
 
 setup: $(STAMP)
 
@@ -34,10 +34,16 @@ study-smoke: setup
 
 # The suite without the end-to-end runs marked slow (under 10 minutes on 2 cores); test-slow runs those.
 test: setup
-	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -m "not slow"
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -m "not slow and not server"
 
 test-slow: setup
-	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -m slow
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -m "slow and not server"
+
+# generation=openai and judge=openai against a real llama-cpp-python server on the packaged SmolLM2 GGUF (README
+# "Scale-out"): it needs `pip install "llama-cpp-python[server]"` (builds llama.cpp, minutes), in this venv or in the
+# python named by LLAMA_SERVER_PYTHON; the test starts and stops the server itself.
+test-server: setup
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -s -m server tests/test_real_server.py
 
 bench: setup
 	$(BIN)/pip install --quiet -e ".[bench]"

@@ -68,7 +68,7 @@ def test_a_llama_cpp_like_server_is_probed_and_its_missing_capabilities_named(se
             generator(server, monkeypatch, model="smollm2").probe(tiny_bundle.tokenizer, ADAPTER)
     assert "serves only 'smollm2' and answers any model name" in caplog.text and "NoSuchModel" in caplog.text
     assert served.model == served.served == found["model"] == "smollm2" and found["requested_model"] == "NoSuchModel"
-    assert "smollm2@" in served.identity()  # the cache and results are keyed by what answers
+    assert served.identity() == f"openai:smollm2@{server.url}/v1#samples=requests"  # keyed by what answers, and how
     assert not found["n"] and found["samples"].startswith("one request per sample")
     assert not found["token_id_prompts"] and found["prompt_logprobs"] == "misaligned"
     assert found["scoring_prompts"] is None and "lora_loading" not in found
@@ -116,6 +116,7 @@ def test_answers_are_scored_on_text_where_token_ids_are_refused_and_the_echo_is_
         found = served.probe(tiny_bundle.tokenizer, SLOT)
         outputs = served.run(None, tiny_bundle.tokenizer, requests)
     assert not found["token_id_prompts"] and found["prompt_logprobs"] == "aligned" and found["scoring_prompts"] == "text"
+    assert served.identity().endswith("/v1#samples=requests#scoring=text")
     assert torch.allclose(torch.tensor(outputs), torch.tensor(expected), atol=1e-4, rtol=0)
 
 

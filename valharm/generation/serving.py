@@ -74,7 +74,11 @@ class OpenAIGenerator:
         return self.capabilities.get(key, default) if self.capabilities else default
 
     def identity(self) -> str:
-        return f"openai:{self.model}@{self.base_url}"
+        """The server and model, and how the probe made valharm ask (samples as separate requests, answers scored
+        on text): each gives other outputs than the plain way."""
+        ways = [way for way, used in (("samples=requests", self._capable("n", True) is False),
+                                      ("scoring=text", self._capable("scoring_prompts", None) == "text")) if used]
+        return f"openai:{self.model}@{self.base_url}" + "".join(f"#{way}" for way in ways)
 
     def use_adapter(self, adapter_dir: Path | None) -> str:
         """Send generations to the base model (None) or to the served LoRA adapter of `adapter_dir`; its name."""
