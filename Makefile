@@ -10,7 +10,7 @@ export WANDB_MODE ?= offline
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: setup demo study-smoke test test-slow test-server bench bench-judge bench-adapters bench-gpu clean
+.PHONY: setup demo study-smoke test test-slow test-server bench bench-judge bench-adapters bench-server bench-gpu clean
 
 setup: $(STAMP)
 
@@ -54,6 +54,12 @@ bench-judge: setup
 
 bench-adapters: setup
 	$(BIN)/python bench/bench_adapters.py
+
+# A running OpenAI-compatible server against in-process generation on the same prompts (see bench/bench_server.py):
+# SERVER="llama-cpp-python 0.3.36" URL=http://127.0.0.1:8011/v1 SERVED=smollm2
+bench-server: setup
+	$(BIN)/python bench/bench_server.py --server-name "$(SERVER)" --base-url $(or $(URL),http://127.0.0.1:8011/v1) \
+	  --served $(or $(SERVED),smollm2) $(ARGS)
 
 # The study at scale on this device: a random model of a named shape (SHAPE=llama2_7b on a GPU; smollm2 on a CPU);
 # ARGS: more options, e.g. ARGS=--compile (compiled decoder layers too), ARGS=--training-only.
