@@ -249,7 +249,7 @@ class ModelServer:
                 texts, tokens = self.generate(model, prompt, body, add_special_tokens=False)
                 choices = [{"index": i, "message": {"role": "assistant", "content": t}, "finish_reason": "length"}
                            for i, t in enumerate(texts)]
-            elif path == "/v1/completions" and body.get("echo") and body.get("logprobs") is not None:
+            elif path == "/v1/completions" and body.get("logprobs") is not None:  # one greedy token (valharm's use)
                 return 200, self.echo(model, body)
             elif path == "/v1/completions":
                 texts, tokens = self.generate(model, body["prompt"], body, add_special_tokens=True)
@@ -284,7 +284,9 @@ class ModelServer:
         return tok.batch_decode(new, skip_special_tokens=True), sum(map(len, new))
 
     def echo(self, model, body: dict) -> dict:
-        """The prompt's token log-probabilities and offsets, plus one greedy token (vLLM's echo + logprobs)."""
+        """The prompt's token log-probabilities and offsets, plus one greedy token (vLLM's echo + logprobs); without
+        echo, the greedy token and its log-probability."""
+        assert body["max_tokens"] == 1 and not body.get("temperature"), "the fake scores one greedy token"
         import torch
 
         tok, prompt = self.tokenizer, body["prompt"]
@@ -308,6 +310,8 @@ class ModelServer:
             end = max(end, stop)
         tokens.append(tok.decode([chosen]))
         offsets = [sum(map(len, tokens[:j])) for j in range(len(tokens))]
+        if not body.get("echo"):  # the generated token only (its log-probability is right on both servers)
+            prompt, tokens, values, offsets = "", tokens[-1:], values[-1:], [0]
         return {"id": "cmpl-1", "object": "text_completion", "created": 0, "model": body["model"],
                 "choices": [{"index": 0, "text": prompt + tokens[-1], "finish_reason": "length",
                              "logprobs": {"tokens": tokens, "token_logprobs": values, "text_offset": offsets,

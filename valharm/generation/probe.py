@@ -74,34 +74,52 @@ def complete(generator, prompt, model: str | None = None, **options):
         raise api_error(generator, err) from None
 
 
-def echoed(generator, prompt) -> list[float | None] | None:
-    """The echoed log-probabilities of `prompt` and one generated token (the last), or None if none come back."""
+def echoed(generator, prompt) -> tuple[list, list]:
+    """The echoed log-probabilities and token texts of `prompt` (and of any generated token after it)."""
     response = complete(generator, prompt, echo=True, logprobs=1)
     logprobs = response.choices[0].logprobs if response is not None and response.choices else None
-    return list(logprobs.token_logprobs) if logprobs and logprobs.token_logprobs else None
+    return (list(logprobs.token_logprobs or []), list(logprobs.tokens or [])) if logprobs else ([], [])
+
+
+def covering(pieces: list[str], text: str) -> int | None:
+    """The number of leading token texts that end with `text` (a BOS text before it is allowed), or None."""
+    joined = ""
+    for count, piece in enumerate([""] + pieces):
+        joined += piece
+        if joined.endswith(text):
+            return count
+    return None
 
 
 def prompt_logprobs(generator, tokenizer, as_ids: bool) -> tuple[str, str]:
-    """('aligned' | 'misaligned' | 'absent', what was seen). A prompt's echo ends with one generated token and its
-    log-probability; the same token appended to the prompt must be echoed with that same log-probability (a server
-    that puts each value one token off gives another number there)."""
+    """('aligned' | 'misaligned' | 'absent', what was seen). A token generated after a prompt comes with its
+    log-probability; the same token appended to the prompt and echoed must have that log-probability (a server
+    that scores each prompt token with the wrong position's distribution gives another number)."""
     from valharm.models.loading import encode_prompts
 
-    first = complete(generator, PROBE_PROMPT)
-    token = first.choices[0].text if first is not None and first.choices else ""
-    if not token:
-        return "absent", f"no token generated after {PROBE_PROMPT!r}"
-    prompt, longer = PROBE_PROMPT, PROBE_PROMPT + token
+    first = complete(generator, PROBE_PROMPT, logprobs=1)
+    choice = first.choices[0] if first is not None and first.choices else None
+    token = choice.text if choice else ""
+    generated = choice.logprobs.token_logprobs[0] if token and choice.logprobs and choice.logprobs.token_logprobs \
+        else None
+    if generated is None:
+        return "absent", f"no log-probability of the token generated after {PROBE_PROMPT!r}"
     if as_ids:  # the token appended as it encodes alone (re-encoding the whole text could merge it)
         prompt = encode_prompts(tokenizer, [PROBE_PROMPT])[0]
-        longer = prompt + tokenizer(token, add_special_tokens=False)["input_ids"]
-    short, long = echoed(generator, prompt), echoed(generator, longer)
-    if not short or not long or short[-1] is None or len(long) < 2 or long[-2] is None:
-        return "absent", "no log-probabilities of the prompt came back with echo=true, logprobs=1"
-    generated, scored = short[-1], long[-2]
-    seen = (f"{token!r} after {PROBE_PROMPT!r}: {generated:.3f} when generated, {scored:.3f} when echoed as part "
-            f"of the prompt")
-    return ("aligned" if abs(generated - scored) <= TOLERANCE else "misaligned"), seen
+        appended = tokenizer(token, add_special_tokens=False)["input_ids"]
+        values, _ = echoed(generator, prompt + appended)
+        at, width = len(prompt), len(appended)
+    else:
+        values, pieces = echoed(generator, PROBE_PROMPT + token)
+        at, width = covering(pieces, PROBE_PROMPT), 1
+        if at is not None and pieces[at:at + 1] != [token]:
+            at = None
+    scored = values[at:at + width] if at is not None else []
+    if len(scored) != width or None in scored:
+        return "absent", f"no echoed log-probability of {PROBE_PROMPT + token!r}'s last token (echo=true, logprobs=1)"
+    seen = (f"{token!r} after {PROBE_PROMPT!r}: {generated:.3f} when generated, {sum(scored):.3f} when echoed as "
+            f"part of the prompt")
+    return ("aligned" if abs(generated - sum(scored)) <= TOLERANCE else "misaligned"), seen
 
 
 def lora_loading(generator) -> tuple[bool, str]:

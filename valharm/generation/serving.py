@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 
 from valharm.errors import ValharmError
 from valharm.generation.openai_api import failure, openai_client, unreachable
-from valharm.generation.probe import probe
+from valharm.generation.probe import covering, probe
 from valharm.generation.requests import LoglikelihoodRequest, OnBatch
 from valharm.models.loading import adapter_digest, added_bos, encode_prompts
 
@@ -251,14 +251,14 @@ class OpenAIGenerator:
 
     def _text_loglikelihood(self, request, prompt: str, continuation: str) -> float:
         """The continuation's log-probability from the echo of prompt + continuation sent as text: the last tokens
-        before the generated one whose texts cover the continuation (a token across the boundary counts)."""
+        of the echoed prompt whose texts cover the continuation (a token across the boundary counts)."""
         values, pieces = self._echo(prompt + continuation, tokens=True)
-        values, pieces = values[:-1], pieces[:-1]  # the generated token is last
-        if not "".join(pieces).endswith(continuation) or len(values) != len(pieces):
+        end = covering(pieces, prompt + continuation)
+        if end is None or len(values) < end:
             raise ValharmError(f"the server at {self.base_url} echoed a text that does not end with the answer "
                                f"{continuation!r} of request {request.id}; use benchmarks.pvq40.scoring=generate")
         picked, covered = [], 0
-        for piece, value in zip(reversed(pieces), reversed(values)):
+        for piece, value in zip(reversed(pieces[:end]), reversed(values[:end])):
             if covered >= len(continuation):
                 break
             picked.append(value)
