@@ -141,7 +141,8 @@ class ModelServer:
     `flavour="llama.cpp"` behaves as llama-cpp-python 0.3.x's server does: it serves one model under any name,
     ignores `n`, answers token-id prompts with HTTP 500 (a pydantic "Input should be a valid string"), has no
     /v1/load_lora_adapter (404), and echoes each prompt token's log-probability read from the logits *at* that
-    token (the prediction of the next one) instead of before it; a generated token's log-probability is right.
+    token (the prediction of the next one) instead of before it, and none for the generated token; a generated
+    token's log-probability without echo is right (all as llama-cpp-python 0.3.36 does).
     `echo_aligned=True` with it: the echo is right (a server that only refuses token ids).
     """
 
@@ -312,6 +313,8 @@ class ModelServer:
         offsets = [sum(map(len, tokens[:j])) for j in range(len(tokens))]
         if not body.get("echo"):  # the generated token only (its log-probability is right on both servers)
             prompt, tokens, values, offsets = "", tokens[-1:], values[-1:], [0]
+        elif self.llama:  # llama-cpp-python echoes no log-probability for the generated token
+            tokens, values, offsets = tokens[:-1], values[:-1], offsets[:-1]
         return {"id": "cmpl-1", "object": "text_completion", "created": 0, "model": body["model"],
                 "choices": [{"index": 0, "text": prompt + tokens[-1], "finish_reason": "length",
                              "logprobs": {"tokens": tokens, "token_logprobs": values, "text_offset": offsets,
