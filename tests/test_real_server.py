@@ -21,8 +21,11 @@ from conftest import run_cli
 pytestmark = pytest.mark.server
 SERVER_PYTHON = os.environ.get("LLAMA_SERVER_PYTHON", sys.executable)
 ENV = {"OPENAI_API_KEY": "unused", "OMP_NUM_THREADS": "1"}
-SMALL = ["model=smollm2_135m", "logger=none", "generation.progress=false", "benchmarks.rtp.num_prompts=3",
-         "benchmarks.holisticbiasr.limit=4", "benchmarks.hexphi.limit=4", "benchmarks.beavertails.limit=4"]
+BASE = ["model=smollm2_135m", "logger=none", "generation.progress=false"]
+SMALL = ["benchmarks.rtp.num_prompts=3", "benchmarks.holisticbiasr.limit=4", "benchmarks.hexphi.limit=4",
+         "benchmarks.beavertails.limit=4"]
+ONLY = {name: [f"~benchmark@benchmarks.{other}" for other in ("pvq40", "rtp", "holisticbiasr", "hexphi", "beavertails")
+               if other != name] for name in ("pvq40", "rtp")}
 
 
 def packaged_gguf() -> Path:
@@ -84,7 +87,7 @@ def server(tmp_path_factory):
 
 
 def evaluate(server, tmp_path, run: str, *overrides: str, cache: str = "cache"):
-    result = run_cli("valharm.evaluate", *SMALL, "generation=openai", f"generation.base_url={server.url}",
+    result = run_cli("valharm.evaluate", *BASE, "generation=openai", f"generation.base_url={server.url}",
                      f"paths.cache_dir={tmp_path / cache}", f"hydra.run.dir={tmp_path / run}", *overrides,
                      cwd=tmp_path, env=ENV, timeout=1800)
     results = tmp_path / run / "results.json"
@@ -95,12 +98,12 @@ def test_every_benchmark_and_the_judge_through_the_server(server, tmp_path):
     """PVQ-40's default reading stops before any work with one line naming the setting; with it changed,
     all five benchmarks and the judge run through the server."""
     judge = ["judge=openai", f"judge.base_url={server.url}", "judge.model=smollm2"]
-    stopped, _ = evaluate(server, tmp_path, "slot", "generation.model=smollm2", *judge)
+    stopped, _ = evaluate(server, tmp_path, "slot", *SMALL, "generation.model=smollm2", *judge)
     assert stopped.returncode != 0
     errors = [line for line in stopped.stderr.splitlines() if "aligned prompt log-probabilities" in line]
     assert len(errors) == 1 and "benchmarks.pvq40.scoring=generate" in errors[0], stopped.stderr[-3000:]
     assert not (tmp_path / "slot" / "generations.jsonl").exists()
-    done, results = evaluate(server, tmp_path, "generate", "generation.model=smollm2", *judge,
+    done, results = evaluate(server, tmp_path, "generate", *SMALL, "generation.model=smollm2", *judge,
                              "benchmarks.pvq40.scoring=generate")
     assert done.returncode == 0, done.stderr[-3000:]
     served = results["served_capabilities"]
@@ -117,9 +120,7 @@ def test_every_benchmark_and_the_judge_through_the_server(server, tmp_path):
 
 def test_a_wrong_model_name_is_a_warning_and_the_served_name_is_recorded(server, tmp_path):
     done, results = evaluate(server, tmp_path, "wrong", "generation.model=NoSuchModel",
-                             "benchmarks.pvq40.scoring=generate", "~benchmark@benchmarks.rtp",
-                             "~benchmark@benchmarks.holisticbiasr", "~benchmark@benchmarks.hexphi",
-                             "~benchmark@benchmarks.beavertails")
+                             "benchmarks.pvq40.scoring=generate", *ONLY["pvq40"])
     assert done.returncode == 0, done.stderr[-3000:]
     assert "serves only 'smollm2' and answers any model name" in done.stderr
     served = results["served_capabilities"]
@@ -130,11 +131,10 @@ def test_a_wrong_model_name_is_a_warning_and_the_served_name_is_recorded(server,
 
 def test_ctrl_c_keeps_every_finished_request_and_the_rerun_asks_for_none_of_them(server, tmp_path):
     only_rtp = ["generation.model=smollm2", "benchmarks.rtp.num_prompts=6", "benchmarks.rtp.num_samples=2",
-                "~benchmark@benchmarks.pvq40", "~benchmark@benchmarks.holisticbiasr", "~benchmark@benchmarks.hexphi",
-                "~benchmark@benchmarks.beavertails", "generation.max_concurrency=2"]
+                *ONLY["rtp"], "generation.max_concurrency=2"]
     cache = tmp_path / "cache" / "generations.sqlite"
     before = server.completions()
-    command = [sys.executable, "-m", "valharm.evaluate", *SMALL, *only_rtp, "generation=openai",
+    command = [sys.executable, "-m", "valharm.evaluate", *BASE, *only_rtp, "generation=openai",
                f"generation.base_url={server.url}", f"paths.cache_dir={tmp_path / 'cache'}",
                f"hydra.run.dir={tmp_path / 'run'}"]
     process = subprocess.Popen(command, cwd=tmp_path, env={**os.environ, **ENV}, stdout=subprocess.PIPE,
