@@ -10,7 +10,7 @@ export WANDB_MODE ?= offline
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: setup demo study-smoke test test-slow bench bench-judge bench-adapters bench-gpu clean
+.PHONY: setup demo study-smoke test test-slow test-server bench bench-judge bench-adapters bench-server bench-gpu clean
 
 setup: $(STAMP)
 
@@ -39,10 +39,16 @@ TEST_WORKERS ?= 2
 PYTEST := OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 test: setup
-	$(PYTEST) -m "not slow"
+	$(PYTEST) -m "not slow and not server"
 
 test-slow: setup
-	$(PYTEST) -m slow
+	$(PYTEST) -m "slow and not server"
+
+# generation=openai and judge=openai against a real llama-cpp-python server on the packaged SmolLM2 GGUF (README
+# "Scale-out"): it needs `pip install "llama-cpp-python[server]"` (builds llama.cpp, minutes), in this venv or in the
+# python named by LLAMA_SERVER_PYTHON; the test starts and stops the server itself.
+test-server: setup
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -s -m server tests/test_real_server.py
 
 bench: setup
 	$(BIN)/pip install --quiet -e ".[bench]"
@@ -53,6 +59,12 @@ bench-judge: setup
 
 bench-adapters: setup
 	$(BIN)/python bench/bench_adapters.py
+
+# A running OpenAI-compatible server against in-process generation on the same prompts (see bench/bench_server.py):
+# SERVER="llama-cpp-python 0.3.36" URL=http://127.0.0.1:8011/v1 SERVED=smollm2
+bench-server: setup
+	$(BIN)/python bench/bench_server.py --server-name "$(SERVER)" --base-url $(or $(URL),http://127.0.0.1:8011/v1) \
+	  --served $(or $(SERVED),smollm2) $(ARGS)
 
 # The study at scale on this device: a random model of a named shape (SHAPE=llama2_7b on a GPU; smollm2 on a CPU);
 # ARGS: more options, e.g. ARGS=--compile (compiled decoder layers too), ARGS=--training-only.

@@ -135,11 +135,22 @@ class ModelServer:
 
     GET /v1/models; POST /v1/completions (with echo + logprobs), /v1/chat/completions and
     /v1/load_lora_adapter. `adapters` {name: path} are served from the start (vLLM's --lora-modules);
-    `fail_next` answers that many POSTs with a 500 first. `paths` and `models` count requests.
+    `fail_next` answers that many POSTs with a 500 first. `paths` and `models` count requests, `replied` the
+    completions answered with a 200. `latency` (s) delays each POST.
+
+    `flavour="llama.cpp"` behaves as llama-cpp-python 0.3.x's server does: it serves one model under any name,
+    ignores `n`, answers token-id prompts with HTTP 500 (a pydantic "Input should be a valid string"), has no
+    /v1/load_lora_adapter (404), and echoes each prompt token's log-probability read from the logits *at* that
+    token (the prediction of the next one) instead of before it, and none for the generated token; a generated
+    token's log-probability without echo is right (all as llama-cpp-python 0.3.36 does).
+    `echo_aligned=True` with it: the echo is right (a server that only refuses token ids).
     """
 
-    def __init__(self, bundle, name: str = "base", adapters: dict | None = None):
-        self.tokenizer, self.name = bundle.tokenizer, name
+    def __init__(self, bundle, name: str = "base", adapters: dict | None = None, flavour: str = "vllm",
+                 echo_aligned: bool = False, latency: float = 0.0):
+        self.tokenizer, self.name, self.flavour, self.echo_aligned = bundle.tokenizer, name, flavour, echo_aligned
+        self.latency, self.replied, self.bodies = latency, 0, []
+        self.llama = flavour == "llama.cpp"
         self.models = {name: bundle.model.eval()}
         self.roots = {name: name}
         self.paths: Counter = Counter()
@@ -160,17 +171,25 @@ class ModelServer:
                 if self.path != "/v1/models":
                     return self.reply(404, {"error": {"message": "not found"}})
                 data = [{"id": model, "object": "model", "root": root, "parent": None if model == server.name
-                         else server.name} for model, root in server.roots.items()]
+                         else server.name, "owned_by": "me" if server.llama else "vllm"}
+                        for model, root in server.roots.items()]
                 self.reply(200, {"object": "list", "data": data})
 
             def do_POST(self):
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 with server.lock:
                     server.paths[self.path] += 1
+                    server.bodies.append(body)
                     fail, server.fail_next = server.fail_next > 0, max(0, server.fail_next - 1)
                 if fail:
                     return self.reply(500, {"error": {"message": "server error"}}, {"retry-after-ms": "5"})
-                self.reply(*server.answer(self.path, body))
+                if server.latency:
+                    time.sleep(server.latency)
+                status, payload = server.answer(self.path, body)
+                self.reply(status, payload)
+                if status == 200:
+                    with server.lock:
+                        server.replied += 1
 
             def reply(self, status, payload, headers=None):
                 data = payload.encode() if isinstance(payload, str) else json.dumps(payload).encode()
@@ -203,7 +222,9 @@ class ModelServer:
         self.roots[adapter] = str(path)
 
     def answer(self, path: str, body: dict) -> tuple[int, object]:
-        if path == "/v1/load_lora_adapter":
+        if path == "/v1/load_lora_adapter" and not self.llama:
+            if not body.get("lora_name") or not body.get("lora_path"):
+                return 400, {"error": {"message": "Both 'lora_name' and 'lora_path' must be provided."}}
             with self.lock:
                 if body["lora_name"] in self.models:
                     message = f"The lora adapter '{body['lora_name']}' has already been loaded."
@@ -213,7 +234,12 @@ class ModelServer:
                 except ValueError as err:  # no adapter there
                     return 400, {"error": {"message": f"Loading lora {body['lora_name']} failed: {err}"}}
             return 200, f"Success: LoRA adapter '{body['lora_name']}' added successfully."
-        model = self.models.get(body.get("model"))
+        if self.llama and (path == "/v1/load_lora_adapter" or isinstance(body.get("prompt"), list)):
+            if path == "/v1/load_lora_adapter":
+                return 404, {"detail": "Not Found"}
+            return 500, {"error": {"message": "[{'type': 'string_type', 'loc': ('body', 'prompt', 'str'), 'msg': "
+                                              "'Input should be a valid string'}]", "type": "internal_server_error"}}
+        model = self.models.get(self.name if self.llama else body.get("model"))
         if model is None:
             return 404, {"error": {"message": f"The model `{body.get('model')}` does not exist."}}
         with self.lock:
@@ -224,7 +250,7 @@ class ModelServer:
                 texts, tokens = self.generate(model, prompt, body, add_special_tokens=False)
                 choices = [{"index": i, "message": {"role": "assistant", "content": t}, "finish_reason": "length"}
                            for i, t in enumerate(texts)]
-            elif path == "/v1/completions" and body.get("echo") and body.get("logprobs") is not None:
+            elif path == "/v1/completions" and body.get("logprobs") is not None:  # one greedy token (valharm's use)
                 return 200, self.echo(model, body)
             elif path == "/v1/completions":
                 texts, tokens = self.generate(model, body["prompt"], body, add_special_tokens=True)
@@ -241,8 +267,9 @@ class ModelServer:
         import torch
 
         tok = self.tokenizer
-        ids = tok(prompt, return_tensors="pt", add_special_tokens=add_special_tokens)["input_ids"]
-        n, temperature = body.get("n") or 1, body.get("temperature", 1.0)
+        ids = torch.tensor([prompt]) if isinstance(prompt, list) else \
+            tok(prompt, return_tensors="pt", add_special_tokens=add_special_tokens)["input_ids"]  # token ids as they are
+        n, temperature = 1 if self.llama else body.get("n") or 1, body.get("temperature", 1.0)
         sampling = dict(do_sample=True, temperature=temperature, top_p=body.get("top_p", 1.0), top_k=0) \
             if temperature > 0 else dict(do_sample=False)
         with torch.random.fork_rng(), torch.inference_mode():
@@ -258,7 +285,9 @@ class ModelServer:
         return tok.batch_decode(new, skip_special_tokens=True), sum(map(len, new))
 
     def echo(self, model, body: dict) -> dict:
-        """The prompt's token log-probabilities and offsets, plus one greedy token (vLLM's echo + logprobs)."""
+        """The prompt's token log-probabilities and offsets, plus one greedy token (vLLM's echo + logprobs); without
+        echo, the greedy token and its log-probability."""
+        assert body["max_tokens"] == 1 and not body.get("temperature"), "the fake scores one greedy token"
         import torch
 
         tok, prompt = self.tokenizer, body["prompt"]
@@ -274,12 +303,18 @@ class ModelServer:
         chosen = int(logprobs[-1].argmax())
         all_ids = ids + [chosen]
         values = [None] + [float(logprobs[j - 1, all_ids[j]]) for j in range(1, len(all_ids))]
+        if self.llama and not self.echo_aligned:  # read at the token itself: the next token's distribution
+            values = [float(logprobs[j, all_ids[j]]) for j in range(len(ids))] + values[-1:]
         tokens, end = [], 0  # token texts that add up to the echoed text, offsets counted along them (as vLLM)
         for token, (_, stop) in zip(ids, encoded["offset_mapping"]):
             tokens.append(prompt[end:stop] if stop else tok.convert_ids_to_tokens(token))  # an added BOS: '<s>'
             end = max(end, stop)
         tokens.append(tok.decode([chosen]))
         offsets = [sum(map(len, tokens[:j])) for j in range(len(tokens))]
+        if not body.get("echo"):  # the generated token only (its log-probability is right on both servers)
+            prompt, tokens, values, offsets = "", tokens[-1:], values[-1:], [0]
+        elif self.llama:  # llama-cpp-python echoes no log-probability for the generated token
+            tokens, values, offsets = tokens[:-1], values[:-1], offsets[:-1]
         return {"id": "cmpl-1", "object": "text_completion", "created": 0, "model": body["model"],
                 "choices": [{"index": 0, "text": prompt + tokens[-1], "finish_reason": "length",
                              "logprobs": {"tokens": tokens, "token_logprobs": values, "text_offset": offsets,

@@ -15,6 +15,7 @@ from valharm import study
 from valharm.aligners import Alignment
 from valharm.caching import digest
 from valharm.errors import ValharmError
+from valharm.generation.probe import server_needs
 from valharm.models.loading import adapter_digest
 from valharm.models.training import main_process
 from valharm.runs.components import (
@@ -90,7 +91,10 @@ def write_results(cfg: DictConfig, parts: dict, run_dir: Path, job: dict, done: 
                 "generation_cache": {"namespace": done["namespace"], "key": key, **done["cache_counts"]},
                 "base_model_load": done["base_load"], "job": job_record(job["started"]), "config": job["resolved"],
                 "config_hash": job["config_hash"], "code_version": code_version(), "data_digests": job["data"],
-                "intervals": done["intervals"], "schema": RESULTS_SCHEMA}
+                "intervals": done["intervals"],
+                "served_capabilities": getattr(parts["generator"], "capabilities", None),  # generation=openai
+                "generation_counts": dict(getattr(parts["generator"], "counts", None) or {}) or None,
+                "schema": RESULTS_SCHEMA}
     results["identity"] = identities(results)  # what analysis groups and deduplicates by (W&B has it too)
     results["records"] = {"file": GENERATIONS, "outputs": outputs_digests(done["records"])}
     results["inspect_log"] = write_inspect_logs(results, done["records"], run_dir, cfg.get("inspect_log", "auto"))
@@ -113,6 +117,8 @@ def align_and_evaluate(cfg: DictConfig, parts: dict, align, run_dir: Path, train
     weights_precision = plan.get("training", plan.get("generation"))
     bundle, base_load = load_base(cfg, parts, weights_precision.dtype if weights_precision else None,
                                   weights=trains or generator.needs_weights, shared=shared)
+    if hasattr(generator, "probe") and main_process():  # a server: asked what it can do before any work
+        generator.probe(bundle.tokenizer, server_needs(parts["benchmarks"], adapter=trains))
     aligner_name, alignment = align(parts, bundle, run_dir, parts["tracker"])
     done |= {"bundle": bundle, "base_load": base_load, "aligner_name": aligner_name, "alignment": alignment}
     if not main_process():
