@@ -83,8 +83,10 @@ def test_a_target_blind_reading_scores_skill_0_and_one_that_answers_its_target_s
     for answer, expected in ((blind, 0.0), (answers_target, 1.0)):
         generator = Planted(answer)
         bench, prompter, metrics, parts = setting(tiny_bundle, generator, alignment)
-        found, counts = beside_base(bench, prompter, metrics, tiny_bundle, alignment, parts, "base")
+        found, counts, bounds = beside_base(bench, prompter, metrics, tiny_bundle, alignment, parts, "base")
         assert counts == {"hits": 0, "misses": 10} and generator.requests == 10
+        assert bounds["all"]["base_nmse"]["ci_low"] <= found["base_nmse"] <= bounds["all"]["base_nmse"]["ci_high"]
+        assert set(bounds["base_scores"]) == set(metrics["scores"])
         assert found["skill"] == pytest.approx(expected) and found["base_nmse"] > 0 and found["base_skipped"] is None
         base_rating = 2.0 if answer is blind else 3.0
         assert found["base_scores"] == {v: base_rating for v in metrics["scores"]}
@@ -95,11 +97,13 @@ def test_a_vanilla_run_is_its_own_base_and_a_served_adapters_base_is_not_read(ti
     generator = Planted(lambda prompt, model: SURE[4])
     alignment = Alignment(model=None, value_aligned=False)
     bench, prompter, metrics, parts = setting(tiny_bundle, generator, alignment)
-    found, counts = beside_base(bench, prompter, metrics, tiny_bundle, alignment, parts, "base")
+    own = {"all": {"nmse": {"ci_low": 0.1, "ci_high": 0.2}}, "scores": {"Power": {"ci_low": 1, "ci_high": 2}}}
+    found, counts, bounds = beside_base(bench, prompter, metrics, tiny_bundle, alignment, parts, "base", own)
     assert found == {"base_nmse": metrics["nmse"], "skill": 0.0, "base_scores": metrics["scores"], "base_skipped": None}
+    assert bounds == {"all": {"base_nmse": own["all"]["nmse"]}, "base_scores": own["scores"]}  # its own
     assert counts is None and generator.requests == 0  # nothing recomputed
     served = Alignment(model=None, adapter_dir=Path("adapter"))
     parts["generator"] = Planted(lambda prompt, model: SURE[4], needs_weights=False)
-    found, counts = beside_base(bench, prompter, metrics, tiny_bundle, served, parts, "base")
-    assert found["base_nmse"] is None and found["skill"] is None and "server" in found["base_skipped"]
+    found, counts, bounds = beside_base(bench, prompter, metrics, tiny_bundle, served, parts, "base")
+    assert bounds == {} and found["base_nmse"] is None and found["skill"] is None and "server" in found["base_skipped"]
     assert counts is None and parts["generator"].requests == 0

@@ -26,23 +26,32 @@ def skill(nmse: float, base_nmse: float) -> float:
     return 1 - nmse / base_nmse if base_nmse > 0 else float("nan")
 
 
+def base_intervals(intervals: dict) -> dict:
+    """The base reading's intervals (PVQ40.evaluate's) under the names its metrics take beside the run's."""
+    found = {"base_scores": intervals["scores"]} if intervals.get("scores") else {}
+    nmse = (intervals.get("all") or {}).get("nmse")
+    return found | ({"all": {"base_nmse": nmse}} if nmse else {})
+
+
 def beside_base(benchmark, prompter: Prompter, metrics: dict, bundle, alignment: Alignment, parts: dict,
-                base_namespace: str) -> tuple[dict, dict | None]:
-    """(base_nmse, skill and base_scores for `metrics`, the base generation's cache counts or None if nothing ran)."""
+                base_namespace: str, intervals: dict | None = None) -> tuple[dict, dict | None, dict]:
+    """(base_nmse, skill and base_scores for `metrics`, the base generation's cache counts or None if nothing ran, the
+    intervals of base_nmse and base_scores; `intervals`: the run's own, a vanilla run's base's)."""
     adapter = alignment.adapter_dir is not None
     if not adapter and not alignment.system_prompt:  # vanilla: the run is its own base
         return {"base_nmse": metrics["nmse"], "skill": 0.0, "base_scores": metrics["scores"],
-                "base_skipped": None}, None
+                "base_skipped": None}, None, base_intervals(intervals or {})
     if adapter and not parts["generator"].needs_weights:
-        return {"base_nmse": None, "skill": None, "base_scores": None, "base_skipped": SERVED}, None
+        return {"base_nmse": None, "skill": None, "base_scores": None, "base_skipped": SERVED}, None, {}
     requests = benchmark.requests(replace(prompter, system=None))
     with alignment.model.disable_adapter() if adapter else nullcontext():
         outputs, counts = cached_run(parts["generator"], alignment.model, bundle.tokenizer, requests, parts["cache"],
                                      base_namespace, desc=f"{benchmark.name} (base)")
-    base = benchmark.evaluate(requests, outputs, parts["value"]).metrics
+    result = benchmark.evaluate(requests, outputs, parts["value"])
+    base = result.metrics
     found = {"base_nmse": base["nmse"], "skill": skill(metrics["nmse"], base["nmse"]), "base_scores": base["scores"],
              "base_skipped": None}
-    return found, counts
+    return found, counts, base_intervals(result.intervals)
 
 
 def log_beside_base(name: str, metrics: dict) -> None:

@@ -167,9 +167,11 @@ def evaluate(bundle, alignment: Alignment, parts: dict, run_dir: Path, namespace
             metrics[name], info[name], intervals[name] = result.metrics, result.info, result.intervals
             if isinstance(benchmark, PVQ40):
                 start = time.perf_counter()
-                base, counts = beside_base(benchmark, prompter, result.metrics, bundle, alignment, parts,
-                                           base_namespace)
+                base, counts, base_bounds = beside_base(benchmark, prompter, result.metrics, bundle, alignment,
+                                                        parts, base_namespace, result.intervals)
                 metrics[name] |= base
+                intervals[name] = {**intervals[name], **base_bounds,
+                                   "all": {**intervals[name].get("all", {}), **base_bounds.get("all", {})}}
                 if counts is not None:
                     cache_counts[f"{name}_base"] = counts
                     timing[name]["base_generation_s"] = round(time.perf_counter() - start, 3)
