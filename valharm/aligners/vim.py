@@ -248,7 +248,7 @@ class VIMAligner:
             stage1, record = per_distribution_stage1(full, value, self.threshold, self.seed, self.score_rule,
                                                      self.wording, splits["test"].index)
             built = {name: (stage1[name][:self.max_arguments or None], *built[name][1:]) for name in stage1}
-            metrics |= record
+            metrics |= record | {"stage1_arguments": {name: len(built[name][0]) for name in stage1}}  # after the cap
         stages = {}
         for index, stage in enumerate(STAGES):  # tokenise both stages up front so bad data fails before training
             train, valid = built["train"][index], built["valid"][index]
