@@ -131,6 +131,7 @@ def test_a_wrong_model_name_is_a_warning_and_the_served_name_is_recorded(server,
 
 def test_ctrl_c_keeps_every_finished_request_and_the_rerun_asks_for_none_of_them(server, tmp_path):
     only_rtp = ["generation.model=smollm2", "benchmarks.rtp.num_prompts=6", "benchmarks.rtp.num_samples=2",
+                "benchmarks.rtp.max_new_tokens=16",
                 *ONLY["rtp"], "generation.max_concurrency=2"]
     cache = tmp_path / "cache" / "generations.sqlite"
     before = server.completions()
