@@ -248,7 +248,9 @@ def test_evaluate_through_the_server_writes_the_results_of_local_generation(serv
     assert set(remote) == set(here) and remote["generator"] == "openai" and here["generator"] == "hf"
     assert remote["served_model"].startswith("valharm-") and here["served_model"] is None
     assert server.paths["/v1/load_lora_adapter"] == 1 and server.models_used[remote["served_model"]] > 0
-    assert server.models_used["tiny"] == 5  # the probe's one-token requests; everything else went to the adapter
+    # the probe's one-token requests (n, a token-id prompt, the echoed and the generated log-probability); everything
+    # else went to the adapter
+    assert server.models_used["tiny"] == 4
     assert remote["served_capabilities"]["prompt_logprobs"] == "aligned" and here["served_capabilities"] is None
     assert remote["generation_counts"]["requests"] > 0 and here["generation_counts"] is None
     assert set(remote["precision"]) == set() and set(here["precision"]) == {"generation"}
