@@ -33,7 +33,7 @@ def test_preset_study_records_the_studys_settings_and_what_still_differs(shared_
     assert first["prompt"].startswith(templates["stage1"]["voiced_prompt"].split("{")[0])
     rated = json.loads((tmp_path / "run" / "stages" / "agreement_prediction" / "train_examples.jsonl").open().readline())
     assert rated["prompt"].startswith(templates["stage2"]["prompt"].split("{")[0])
-    assert rated["response"].startswith("Because I think ")
+    assert rated["response"].startswith(templates["stage2"]["response"].split("{")[0])
     training = results["training"]
     assert training["prompt_format"] == "raw" and training["templates"].endswith("vim_templates/study.json")
     assert training["stage1_split"] == "per_distribution" and training["test_arguments_in_stage1_train"] >= 0

@@ -43,7 +43,7 @@ def test_a_preset_vim_run_writes_the_studys_strings_as_raw_text(shared_data, tmp
     first = json.loads((tmp_path / "argument_generation" / "train_examples.jsonl").read_text().splitlines()[0])
     row = arguments.iloc[first["argument"]]
     verb = "agree" if row["Stance"] == "in favor of" else "disagree"
-    voiced = first["prompt"].startswith("Tell me what you would say")
+    voiced = first["prompt"].startswith(strings["stage1"]["voiced_prompt"].split("{")[0])
     kind = "voiced" if voiced else "unvoiced"
     fields = {"conclusion": row["Conclusion"], "premise": row["Premise"], "stance_verb": verb}
     assert first["prompt"] == strings["stage1"][f"{kind}_prompt"].format(**fields)
@@ -75,12 +75,19 @@ def test_valharms_wording_stays_the_default_and_goes_through_the_models_format(t
     assert prompt == tiny_bundle.format_prompt(stage2[0].prompt)  # the chat template, as before
 
 
+def study_branch(shared_data, value: str) -> str:
+    """The study's stage-2 answer up to the value's importance, from its templates file (never copied here)."""
+    response = json.loads((shared_data / "vim_templates" / "study.json").read_text())["stage2"]["response"]
+    return response.format(value=value, expression="{expression}", rating=0).split(" {expression}")[0]
+
 def test_the_answer_space_reading_follows_the_templates_a_run_trained_with(shared_data, tiny_bundle):
     study = Wording.load(str(shared_data / "vim_templates" / "study.json"), "raw")
     arguments = load_arguments(str(shared_data / "touche_split_test.csv")).head(2)
     request = answer_space.argument_requests(tiny_bundle, arguments, wording=study)[0]
-    assert request.branches[VALUES.index("Self-direction")] == "Because I think self-direction is"
-    assert request.leaves[5] == " very important to me, my answer is 6."
+    response = json.loads((shared_data / "vim_templates" / "study.json").read_text())["stage2"]["response"]
+    leaf = response.format(value="", expression="{expression}", rating=6).split(" {expression}")[1]
+    assert request.branches[VALUES.index("Self-direction")] == study_branch(shared_data, "self-direction")
+    assert request.leaves[5].endswith(leaf) and request.leaves[5] != leaf
     row = arguments.iloc[0]
     assert request.prompt == tiny_bundle.bos_text + study.rating_question(row)
     # every (value, rating) answer of the training is a branch followed by a leaf
@@ -95,7 +102,7 @@ def test_the_alignment_check_reads_in_the_aligners_wording(shared_data, tiny_bun
     aligner = preset_aligner(shared_data)
     arguments = load_arguments(str(shared_data / "touche_split_test.csv")).head(1)
     check = AlignmentCheck(arguments, wording=aligner.wording)
-    assert check.requests(tiny_bundle)[0].branches[4] == "Because I think power is"
+    assert check.requests(tiny_bundle)[0].branches[4] == study_branch(shared_data, "power")
     slot = AlignmentCheck(arguments, reading="slot", wording=aligner.wording).requests(tiny_bundle)[0]
     assert slot.prompt == tiny_bundle.bos_text + aligner.wording.rating_question(arguments.iloc[0])
 
@@ -245,6 +252,6 @@ def test_pvq40s_answer_space_reads_in_the_words_the_adapter_trained(shared_data,
     study = Wording.load(str(shared_data / "vim_templates" / "study.json"), "raw")
     bench = PVQ40(path=str(shared_data / "pvq40.csv"), scoring="answer_space")
     trained = bench.requests(Prompter(tiny_bundle, PromptStrategy(), None, None, study))[0]
-    assert trained.branches[VALUES.index("Power")] == "Because I think power is"
+    assert trained.branches[VALUES.index("Power")] == study_branch(shared_data, "power")
     assert trained.leaves[0] == " not important to me at all, my answer is 1."
     assert bench.requests(Prompter(tiny_bundle, PromptStrategy(), None))[0].branches == answer_space.BRANCHES
