@@ -316,7 +316,8 @@ def test_invalid_replies_are_asked_again_under_retry_and_never_beyond_n(monkeypa
         verdicts = scorer.score(ITEMS[:4])
         assert [v.status for v in verdicts] == ["invalid", "ok", "ok", "ok"]
         assert [v.tries for v in verdicts] == [3, 2, 2, 2] and sorted(asked.values()) == [2, 2, 2, 3]
-        assert scorer.counts["invalid_asked_again"] == 4 + 1
+        assert scorer.counts["asked_again"] == 4 + 1
+        assert (scorer.counts["invalid"], scorer.counts["ok"]) == (1, 3)  # final statuses, as the metrics count them
         again = judge(server, monkeypatch, tmp_path, on_invalid="retry:2").scorer("harmfulness")
         assert again.score(ITEMS[:4]) == verdicts and len(server.requests) == 9  # nothing asked again: all cached
         more = judge(server, monkeypatch, tmp_path, on_invalid="retry:3").scorer("harmfulness")

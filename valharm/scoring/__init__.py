@@ -82,7 +82,14 @@ class Scorer:
         raise NotImplementedError
 
     def score(self, items: Sequence, desc: str | None = None) -> list[Verdict]:
-        """Verdicts for `items` (texts, or JSON-able tuples for judges), computing only what is not cached."""
+        """Verdicts for `items` (texts, or JSON-able tuples for judges), computing only what is not cached; `counts`
+        gains the items' final statuses (ok / invalid / failed), as a benchmark's metrics count them."""
+        verdicts = self.verdicts(items, desc)
+        self.counts.update(verdict.status for verdict in verdicts)
+        return verdicts
+
+    def verdicts(self, items: Sequence, desc: str | None = None) -> list[Verdict]:
+        """`score` without the status counts."""
         keys = [digest(item) for item in items]
         known = {k: Verdict(**v) for k, v in (self.cache.get(self.id, keys) if self.cache else {}).items()}
         todo = list(dict.fromkeys(k for k in keys if k not in known))
@@ -96,7 +103,6 @@ class Scorer:
             def done(index: int, verdict: Verdict) -> None:
                 key = todo[index]
                 known[key] = verdict
-                self.counts[verdict.status] += 1
                 if verdict.status != FAILED:
                     pending[key] = asdict(verdict)
                 if len(pending) >= self.flush_every:

@@ -45,10 +45,10 @@ class JudgeScorer(Scorer):
     def sent(self, item):
         return self.rubric.messages(item)
 
-    def score(self, items, desc=None):
+    def verdicts(self, items, desc=None):
         """Verdicts, cached; with `on_invalid=retry:N` an invalid reply (fresh or cached) is asked again, with a
         fresh call, until the item has been asked 1 + N times; each new answer replaces the cached one."""
-        verdicts = super().score(items, desc)
+        verdicts = super().verdicts(items, desc)
         limit = 1 + self.judge.invalid_retries
         keys = [digest(item) for item in items]
         while True:
@@ -63,7 +63,7 @@ class JudgeScorer(Scorer):
                 fresh[order[index]] = verdict
 
             self._score(list(again.values()), done)
-            self.counts["invalid_asked_again"] += len(again)
+            self.counts["asked_again"] += len(again)
             kept = {k: v for k, v in fresh.items() if v.status != "failed"}
             self._flush({k: asdict(v) for k, v in kept.items()})
             verdicts = [kept.get(k, v) if k in again else v for k, v in zip(keys, verdicts)]
