@@ -44,13 +44,16 @@ class FlatOnly:
         return self.inner.run(*args, **kwargs)
 
 
-def seconds(read, repeats: int) -> float:
-    times = []
+def medians(reads: dict, repeats: int) -> dict[str, float]:
+    """Median seconds of each read, the reads taken in turn (one of each per round), so that a machine busy in
+    one stretch of the run slows every reading alike."""
+    times: dict[str, list[float]] = {name: [] for name in reads}
     for _ in range(repeats):
-        start = time.perf_counter()
-        read()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+        for name, read in reads.items():
+            start = time.perf_counter()
+            read()
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(values) for name, values in times.items()}
 
 
 def main() -> None:
@@ -71,14 +74,14 @@ def main() -> None:
     tree = [answer_space_request(r.id, r.prompt) for r in slot]
     generator = HFGenerator(batch_size=cfg.generation.batch_size, progress=False, device=device)
     model, tokenizer = bundle.model, bundle.tokenizer
-    timed = {
-        "slot": seconds(lambda: run_requests(generator, model, tokenizer, slot), args.repeats),
-        "answer space (tree)": seconds(lambda: run_requests(generator, model, tokenizer, tree), args.repeats),
-        "answer space (flat)": seconds(lambda: run_requests(FlatOnly(generator), model, tokenizer, tree), args.repeats),
-    }
+    timed = medians({
+        "slot": lambda: run_requests(generator, model, tokenizer, slot),
+        "answer space (tree)": lambda: run_requests(generator, model, tokenizer, tree),
+        "answer space (flat)": lambda: run_requests(FlatOnly(generator), model, tokenizer, tree),
+    }, args.repeats)
     print(f"model {spec.name} · {precision.name} on {device} · {hardware()} · torch {torch.__version__} · "
           f"CPU capability {torch.backends.cpu.get_cpu_capability()} · threads {torch.get_num_threads()}")
-    print(f"{len(slot)} Touché arguments (shipped sample), median of {args.repeats}; slot reply {args.reply_tokens} "
+    print(f"{len(slot)} Touché arguments (shipped sample), median of {args.repeats} rounds (readings in turn); slot reply {args.reply_tokens} "
           f"tokens")
     for name, value in timed.items():
         print(f"  {name:22s} {1000 * value / len(slot):8.1f} ms/prompt   {value / timed['slot']:.2f}x slot")

@@ -18,6 +18,7 @@ from valharm.generation.probe import server_needs
 from valharm.generation.requests import (
     GenerationRequest,
     LoglikelihoodRequest,
+    SlotRequest,
     cached_run,
 )
 from valharm.generation.serving import OpenAIGenerator
@@ -185,3 +186,30 @@ def test_an_interrupted_run_keeps_every_reply_that_came_back(served_bundle, monk
     assert 3 <= answered < len(requests)
     assert counts == {"hits": answered, "misses": len(requests) - answered}
     assert server.replied == len(requests)  # nothing asked twice
+
+
+def test_an_interrupted_slot_reading_keeps_every_reply_that_came_back(served_bundle, monkeypatch, tmp_path):
+    """PVQ-40's slot reading is two passes (replies, then the slot's log-probabilities): Ctrl-C in the first keeps
+    the replies that came back, and the rerun asks the server for none of them again."""
+    requests = [SlotRequest(f"s{i}", f"Prompt number {i}", "my answer is", ("1", "2"), 3) for i in range(8)]
+    cache = Cache(tmp_path / "generations.sqlite")
+
+    def replies(server) -> int:
+        return sum(not body.get("echo") for body in server.bodies)
+
+    with ModelServer(served_bundle, name="tiny", latency=0.2) as server:
+        def interrupt():
+            while server.replied < 3:
+                time.sleep(0.01)
+            signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)
+
+        threading.Thread(target=interrupt, daemon=True).start()
+        with pytest.raises(KeyboardInterrupt):
+            cached_run(generator(server, monkeypatch, max_concurrency=2), None, served_bundle.tokenizer, requests,
+                       cache, "ns")
+        first = replies(server)
+        outputs, counts = cached_run(generator(server, monkeypatch), None, served_bundle.tokenizer, requests, cache,
+                                     "ns")
+    assert 3 <= first < len(requests) and counts == {"hits": 0, "misses": len(requests)}
+    assert replies(server) == len(requests)  # no reply asked twice
+    assert len(outputs) == len(requests) and all(len(out["logprobs"]) == 2 for out in outputs)

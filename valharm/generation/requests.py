@@ -102,17 +102,22 @@ def run_requests(generator, model, tokenizer, requests: list, desc: str = "gener
     outputs = []
     for start in range(0, len(requests), chunk):
         part = requests[start:start + chunk]
-        replies = generator.run(model, tokenizer, [GenerationRequest(r.id, r.prompt, r.max_new_tokens) for r in part],
-                                f"{desc} (replies)")
-        cuts = [cut_at_slot(texts[0], r.slot) for texts, r in zip(replies, part)]
-        scores = generator.run(model, tokenizer, [LoglikelihoodRequest(r.id, r.prompt + text, r.continuations)
-                                                  for r, (text, _) in zip(part, cuts)], f"{desc} (slot)")
-        done = [{"reply": texts[0], "read_after": text, "slot_written": written, "logprobs": logprobs}
-                for texts, (text, written), logprobs in zip(replies, cuts, scores)]
+        done = slot_passes(part, lambda asked, what: generator.run(model, tokenizer, asked, f"{desc} ({what})"))
         if on_batch:
             on_batch(list(range(start, start + len(part))), done)
         outputs.extend(done)
     return outputs
+
+
+def slot_passes(requests: list[SlotRequest], run: Callable[[list, str], list]) -> list[dict]:
+    """SlotRequests' two passes through `run(requests, what)`: the replies, then the continuations' log-probabilities
+    after each reply's slot; each output is {reply, read_after, slot_written, logprobs}."""
+    replies = run([GenerationRequest(r.id, r.prompt, r.max_new_tokens) for r in requests], "replies")
+    cuts = [cut_at_slot(texts[0], r.slot) for texts, r in zip(replies, requests)]
+    scores = run([LoglikelihoodRequest(r.id, r.prompt + text, r.continuations) for r, (text, _) in zip(requests, cuts)],
+                 "slot")
+    return [{"reply": texts[0], "read_after": text, "slot_written": written, "logprobs": logprobs}
+            for texts, (text, written), logprobs in zip(replies, cuts, scores)]
 
 
 def request_key(request) -> str:
@@ -131,7 +136,8 @@ def cached_run(generator, model, tokenizer, requests: list, cache: ResultCache |
                desc: str = "generate") -> tuple[list, dict]:
     """The generator's outputs for `requests`, running only those not in `cache` under `namespace`.
 
-    Outputs are stored batch by batch, so an interrupted run keeps every finished batch. Returns the
+    Outputs are stored batch by batch (a SlotRequest's reply and its reading each as it arrives, under their own
+    keys), so an interrupted run keeps every finished batch. Returns the
     outputs and {hits, misses} (distinct requests found in / missing from the cache).
     """
     keys = [request_key(r) for r in requests]
@@ -146,6 +152,10 @@ def cached_run(generator, model, tokenizer, requests: list, cache: ResultCache |
         if cache:
             cache.put(namespace, fresh)
 
-    if todo:
+    if todo and cache and isinstance(first[todo[0]], SlotRequest):  # each pass cached: every reply kept as it arrives
+        store(list(range(len(todo))), slot_passes(
+            [first[k] for k in todo],
+            lambda asked, what: cached_run(generator, model, tokenizer, asked, cache, namespace, f"{desc} ({what})")[0]))
+    elif todo:
         run_requests(generator, model, tokenizer, [first[k] for k in todo], desc, on_batch=store)
     return [known[k] for k in keys], {"hits": len(set(keys)) - len(todo), "misses": len(todo)}
