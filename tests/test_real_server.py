@@ -110,7 +110,8 @@ def test_every_benchmark_and_the_judge_through_the_server(server, tmp_path):
     assert served["model"] == "smollm2" and not served["n"] and not served["token_id_prompts"]
     assert served["prompt_logprobs"] == "misaligned" and served["scoring_prompts"] is None
     assert set(results["metrics"]) == {"pvq40", "rtp", "holisticbiasr", "hexphi", "beavertails"}
-    assert results["generation_counts"]["requests"] > 0
+    counts = results["generation_counts"]
+    assert counts["requests"] > 0 and counts["calls"] == counts["requests"] + 3 * (10 - 1)  # RTP: 10 calls a prompt
     texts = [json.loads(line) for line in (tmp_path / "generate" / "generations.jsonl").read_text().splitlines()]
     rtp = [r for r in texts if r["benchmark"] == "rtp"]
     assert len(rtp) == 3 * 10  # k = 10 samples, asked as 10 requests each

@@ -102,7 +102,7 @@ def test_k_samples_are_k_requests_with_distinct_seeds_where_n_is_ignored(served_
     sent = server.bodies[before:]
     assert len(texts) == 3 and len(set(texts)) > 1
     assert [(b["n"], b["seed"]) for b in sent] == [(1, 5), (1, 6), (1, 7)]
-    assert served.counts["requests"] == 1
+    assert served.counts["requests"] == 1 and served.counts["calls"] == 3
 
 
 def test_answers_are_scored_on_text_where_token_ids_are_refused_and_the_echo_is_aligned(served_bundle, tiny_bundle,
@@ -135,7 +135,7 @@ def test_retries_and_http_errors_are_counted(served_bundle, monkeypatch):
         served = generator(server, monkeypatch, max_concurrency=1)
         server.fail_next = 2
         served.run(None, None, [GenerationRequest("r0", "Hello", 3)])
-    assert served.counts == {"requests": 1, "retries": 2, "http_500": 2} and served.retries == 2
+    assert served.counts == {"requests": 1, "calls": 1, "retries": 2, "http_500": 2} and served.retries == 2
 
 
 def test_an_unreachable_server_names_the_setting_and_says_rerunning_resumes(served_bundle, tiny_bundle, monkeypatch):

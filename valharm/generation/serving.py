@@ -7,8 +7,8 @@ probed aligned. `probe` asks the server once what it can do (generation/probe.py
 as k requests with distinct seeds where `n` is ignored. A LoRA adapter is served under its own model name (vLLM
 `--enable-lora`): `use_adapter` finds it in /models, or loads it through vLLM's /load_lora_adapter.
 Calls run in a bounded thread pool, each output handed on as it arrives; the client retries 408/409/429/5xx,
-timeouts and connection errors (not a 5xx that says the request is invalid). `counts` keeps requests, retries
-and HTTP errors for results.json.
+timeouts and connection errors (not a 5xx that says the request is invalid). `counts` keeps requests, API calls
+(a request's k samples may be k calls), retries and HTTP errors for results.json.
 """
 from __future__ import annotations
 
@@ -150,7 +150,8 @@ class OpenAIGenerator:
                 outputs[i] = output
                 self.new_tokens += tokens
                 self.retries += self._attempts.count - self._attempts.calls
-                self.counts.update(requests=1, retries=self._attempts.count - self._attempts.calls)
+                self.counts.update(requests=1, calls=self._attempts.calls,
+                                   retries=self._attempts.count - self._attempts.calls)
                 if on_batch:
                     on_batch([i], [output])
                 bar.update(1)
