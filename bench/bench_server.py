@@ -8,7 +8,7 @@ SmolLM2 GGUF under llama-cpp-python's server:
     OPENAI_API_KEY=unused python bench/bench_server.py --base-url http://127.0.0.1:8011/v1 --served smollm2 \\
         --server-name "llama-cpp-python 0.3.36" [--prompts 12] [--tokens 32] [--concurrency 1 4]
 
-Greedy continuations of RTP's sample prompts (raw text, valharm's sampling path is the same for every k); tokens/s
+Greedy continuations of RTP's sample prompts, after two short untimed warm-up requests on each side (raw text, valharm's sampling path is the same for every k); tokens/s
 counts the new tokens each backend reports. Both sides run on this machine's CPU, named with torch's
 `get_cpu_capability()`; the server runs at its own thread count.
 """
@@ -67,21 +67,28 @@ def main() -> None:
 
     from valharm.generation.local import HFGenerator
     from valharm.generation.serving import OpenAIGenerator
+    from valharm.models.precision import choose
 
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
         cfg = compose("evaluate", overrides=[f"model={args.model_config}"])
-    bundle = instantiate(cfg.model).load()
+    spec = instantiate(cfg.model)
+    precision = choose("auto", "cpu", spec.width())  # as a run picks it: bf16 only where the CPU has it natively
+    bundle = spec.load(precision.dtype)
     batch = requests(args.prompts, args.tokens)
     print(f"CPU: {cpu_name()}; torch threads {__import__('torch').get_num_threads()}")
     print(f"{args.prompts} prompts, greedy, up to {args.tokens} new tokens")
-    local_s, local_tokens, local_texts = timed(HFGenerator(progress=False), bundle.model, bundle.tokenizer, batch)
+    warm_up = requests(2, 4)  # first calls pay one-time costs (the server's first prompts, torch's first kernels)
+    local = HFGenerator(progress=False)
+    timed(local, bundle.model, bundle.tokenizer, warm_up)
+    local_s, local_tokens, local_texts = timed(local, bundle.model, bundle.tokenizer, batch)
     print(f"in-process ({args.model_config}, {bundle.model.dtype}): {local_s:7.2f} s  {local_tokens / local_s:6.1f} tok/s")
     for width in args.concurrency:
         served = OpenAIGenerator(model=args.served, base_url=args.base_url, max_concurrency=width, progress=False)
         found = served.probe(bundle.tokenizer, {})
+        timed(served, None, bundle.tokenizer, warm_up)
         seconds, tokens, texts = timed(served, None, bundle.tokenizer, batch)
         same = sum(a == b for a, b in zip(texts, local_texts))
-        print(f"server {args.server_name} ({found['owned_by']}), {width} in flight: {seconds:7.2f} s  "
+        print(f"server {args.server_name} serving '{found['model']}', {width} in flight: {seconds:7.2f} s  "
               f"{tokens / seconds:6.1f} tok/s  ratio server/in-process {(tokens / seconds) / (local_tokens / local_s):.2f}"
               f"  ({same}/{len(batch)} texts equal to in-process)")
 
