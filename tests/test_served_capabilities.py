@@ -167,18 +167,23 @@ def test_http_traffic_is_logged_at_debug_and_a_run_at_info(monkeypatch, caplog):
     assert sum("POST" in r.getMessage() and "HTTP 200" in r.getMessage() for r in caplog.records) == 3
 
 
+def interrupt_after(server, replies: int) -> None:
+    """Ctrl-C (SIGINT to the main thread) once `server` has answered `replies` requests."""
+    def interrupt():
+        while server.replied < replies:
+            time.sleep(0.01)
+        signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)
+
+    threading.Thread(target=interrupt, daemon=True).start()
+
+
 def test_an_interrupted_run_keeps_every_reply_that_came_back(served_bundle, monkeypatch, tmp_path):
     """Ctrl-C after some replies: the replies in flight are awaited and stored, and the rerun asks for none of
     the requests the server answered."""
     requests = [GenerationRequest(f"r{i}", f"Prompt number {i}", 3) for i in range(10)]
     cache = Cache(tmp_path / "generations.sqlite")
     with ModelServer(served_bundle, name="tiny", latency=0.2) as server:
-        def interrupt():
-            while server.replied < 3:
-                time.sleep(0.01)
-            signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)
-
-        threading.Thread(target=interrupt, daemon=True).start()
+        interrupt_after(server, replies=3)
         with pytest.raises(KeyboardInterrupt):
             cached_run(generator(server, monkeypatch, max_concurrency=2), None, None, requests, cache, "ns")
         answered = server.replied
@@ -198,12 +203,7 @@ def test_an_interrupted_slot_reading_keeps_every_reply_that_came_back(served_bun
         return sum(not body.get("echo") for body in server.bodies)
 
     with ModelServer(served_bundle, name="tiny", latency=0.2) as server:
-        def interrupt():
-            while server.replied < 3:
-                time.sleep(0.01)
-            signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)
-
-        threading.Thread(target=interrupt, daemon=True).start()
+        interrupt_after(server, replies=3)
         with pytest.raises(KeyboardInterrupt):
             cached_run(generator(server, monkeypatch, max_concurrency=2), None, served_bundle.tokenizer, requests,
                        cache, "ns")
