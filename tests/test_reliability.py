@@ -102,7 +102,7 @@ def test_ctrl_c_leaves_nothing_half_written_and_says_how_to_resume(tmp_path, sha
                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     store = tmp_path / "cache" / "generations.sqlite"
     deadline = time.time() + 300
-    while time.time() < deadline and stored(store) < 10 + 3:  # PVQ, then RTP
+    while time.time() < deadline and stored(store) < 3 * 10 + 3:  # PVQ-40 (3 entries an item), then RTP
         time.sleep(0.1)
     assert process.poll() is None, "the job ended before it could be interrupted"
     process.send_signal(signal.SIGINT)
