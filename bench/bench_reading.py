@@ -81,8 +81,8 @@ def main() -> None:
     }, args.repeats)
     print(f"model {spec.name} · {precision.name} on {device} · {hardware()} · torch {torch.__version__} · "
           f"CPU capability {torch.backends.cpu.get_cpu_capability()} · threads {torch.get_num_threads()}")
-    print(f"{len(slot)} Touché arguments (shipped sample), median of {args.repeats} rounds (readings in turn); slot reply {args.reply_tokens} "
-          f"tokens")
+    print(f"{len(slot)} Touché arguments (shipped sample), median of {args.repeats} rounds (readings in turn); "
+          f"slot reply {args.reply_tokens} tokens")
     for name, value in timed.items():
         print(f"  {name:22s} {1000 * value / len(slot):8.1f} ms/prompt   {value / timed['slot']:.2f}x slot")
     ratio = timed["answer space (tree)"] / timed["slot"]
