@@ -9,8 +9,8 @@ SmolLM2 GGUF under llama-cpp-python's server:
         --server-name "llama-cpp-python 0.3.36" [--prompts 12] [--tokens 32] [--concurrency 1 4]
 
 Greedy continuations of RTP's sample prompts (raw text, valharm's sampling path is the same for every k), after two
-short untimed warm-up requests on each side; tokens/s counts the new tokens each backend reports. Both sides run on this machine's CPU, named with torch's
-`get_cpu_capability()`; the server runs at its own thread count.
+short untimed warm-up requests on each side; tokens/s counts the new tokens each backend reports. Both sides run on
+this machine's CPU, named with torch's `get_cpu_capability()`; the server runs at its own thread count.
 """
 from __future__ import annotations
 

@@ -153,9 +153,10 @@ def cached_run(generator, model, tokenizer, requests: list, cache: ResultCache |
             cache.put(namespace, fresh)
 
     if todo and cache and isinstance(first[todo[0]], SlotRequest):  # each pass cached: every reply kept as it arrives
-        store(list(range(len(todo))), slot_passes(
-            [first[k] for k in todo],
-            lambda asked, what: cached_run(generator, model, tokenizer, asked, cache, namespace, f"{desc} ({what})")[0]))
+        def cached_pass(asked: list, what: str) -> list:
+            return cached_run(generator, model, tokenizer, asked, cache, namespace, f"{desc} ({what})")[0]
+
+        store(list(range(len(todo))), slot_passes([first[k] for k in todo], cached_pass))
     elif todo:
         run_requests(generator, model, tokenizer, [first[k] for k in todo], desc, on_batch=store)
     return [known[k] for k in keys], {"hits": len(set(keys)) - len(todo), "misses": len(todo)}
