@@ -35,8 +35,17 @@ class FlatOnly:
         return self.inner.run(*args, **kwargs)
 
 
-def test_the_answer_tree_equals_brute_force_likelihoods(tiny_bundle):
+@pytest.mark.parametrize("leaves", ["tree, sdpa", "tree, eager", "a row per leaf"])
+def test_the_answer_tree_equals_brute_force_likelihoods(tiny_bundle, monkeypatch, request, leaves):
+    """Leaves run side by side as a tree under a 4D mask (sdpa or eager attention), or one row each (the other
+    attention implementations)."""
     model, tokenizer = tiny_bundle.model.float(), tiny_bundle.tokenizer
+    if leaves == "tree, eager":
+        request.addfinalizer(lambda attention=model.config._attn_implementation:
+                             model.set_attn_implementation(attention))
+        model.set_attn_implementation("eager")
+    if leaves == "a row per leaf":
+        monkeypatch.setattr("valharm.generation.local.supports_static", lambda model: False)
     prompts = [tiny_bundle.format_prompt(rating_prompt(text)) for text in
                ("I agree that we should ban fast food. It is unhealthy.", "Short one.",
                 "I disagree that school uniforms help. Children should express themselves, says a long premise here.")]
@@ -47,10 +56,10 @@ def test_the_answer_tree_equals_brute_force_likelihoods(tiny_bundle):
     assert np.array(tree).shape == (3, len(VALUES), 6)
     lengths = {len(tokenizer([b], add_special_tokens=False)["input_ids"][0]) for b in A.BRANCHES}
     assert len(lengths) > 1, "branches of different lengths exercise the padding"
-    for request, scores in zip(requests, tree):
+    for asked, scores in zip(requests, tree):
         for b, branch in enumerate(A.BRANCHES):
             for r, leaf in enumerate(A.LEAVES):
-                assert scores[b][r] == pytest.approx(brute_force(model, tokenizer, request.prompt, branch, leaf),
+                assert scores[b][r] == pytest.approx(brute_force(model, tokenizer, asked.prompt, branch, leaf),
                                                      abs=2e-3)
     assert np.allclose(np.array(tree), np.array(flat), atol=2e-3)
 

@@ -24,7 +24,7 @@ from valharm.models.loading import encode_prompts
 from valharm.generation.requests import (AnswerTreeRequest, GenerationRequest, LoglikelihoodRequest, OnBatch,
                                         request_key)
 from valharm.generation.sampler import new_cache, next_tokens, sample_keys
-from valharm.generation.static_decoding import decode_static, supports_static
+from valharm.generation.static_decoding import additive, decode_static, supports_static
 
 
 class HFGenerator:
@@ -157,7 +157,9 @@ class HFGenerator:
         [row][branch][leaf] summed log-probabilities of branch + leaf (the same tree for every row)."""
         first, mask, cache = self._tree_prefill(model, tokenizer, rows, branches, leaves)
         totals, after, mask = self._extend(model, cache, mask, first, self._padded(tokenizer, branches), then=True)
-        leaf_totals, _, _ = self._extend(model, cache, mask, after, self._padded(tokenizer, leaves), then=False)
+        leaf_totals = (self._extend_as_tree(model, cache, mask, after, tokenizer(list(leaves), add_special_tokens=False)
+                                            ["input_ids"]) if supports_static(model) else
+                       self._extend(model, cache, mask, after, self._padded(tokenizer, leaves), then=False)[0])
         width = len(leaves)
         return (totals.repeat_interleave(width) + leaf_totals).view(len(rows), len(branches), width).tolist()
 
@@ -171,11 +173,11 @@ class HFGenerator:
         return tokens, torch.tensor([[t < len(x) for t in range(width)] for x in ids], device=self.device)
 
     def _tree_prefill(self, model, tokenizer, rows, branches, leaves):
-        """The prompts run into a cache with room for the longest branch and leaf: (next-token log-probabilities,
-        attention mask, cache)."""
-        room = max(len(x) for texts in (branches, leaves) for x in tokenizer(list(texts), add_special_tokens=False)
-                   ["input_ids"])
-        cache = new_cache(model, max(map(len, rows)) + 2 * room, self.preallocate)
+        """The prompts run into a cache with room for the longest branch and then every leaf's tokens (the leaves run
+        side by side as a tree): (next-token log-probabilities, attention mask, cache)."""
+        lengths = [[len(x) for x in tokenizer(list(texts), add_special_tokens=False)["input_ids"]]
+                   for texts in (branches, leaves)]
+        cache = new_cache(model, max(map(len, rows)) + max(lengths[0]) + sum(lengths[1]), self.preallocate)
         logits, mask = self._prefill(model, rows, cache)
         return logits.float().log_softmax(-1), mask, cache
 
@@ -201,6 +203,34 @@ class HFGenerator:
         if not then:
             return totals, None, None
         return totals, logprobs[torch.arange(len(tokens), device=self.device), real.sum(-1) - 1], mask
+
+    def _extend_as_tree(self, model, cache, mask, first, continuations: list[list[int]]) -> torch.Tensor:
+        """What `_extend` gives without `then` (the k continuations' summed log-probabilities, [rows * k]), with all
+        k fed in one row per cached row: their token prefixes as a tree (a prefix they share, once), a 4D mask
+        letting each token see the row's cache and its own prefix. No padding, no copy of the cache per
+        continuation. Needs a model that takes a prepared 4D mask (sdpa or eager attention)."""
+        nodes: dict[tuple[int, ...], int] = {}  # every proper prefix of a continuation: its position in the row
+        for ids in continuations:
+            for end in range(1, len(ids)):
+                nodes.setdefault(tuple(ids[:end]), len(nodes))
+        firsts = torch.tensor([ids[0] for ids in continuations], device=self.device)
+        totals = first[:, firsts]  # [rows, k]
+        if nodes:
+            sees = torch.zeros(len(nodes), len(nodes), dtype=torch.bool, device=self.device)
+            for prefix, at in nodes.items():
+                sees[at, [nodes[prefix[:end]] for end in range(1, len(prefix) + 1)]] = True
+            rows, seen = len(first), mask.shape[1]
+            allowed = torch.cat([mask.bool()[:, None, :].expand(rows, len(nodes), seen), sees.expand(rows, -1, -1)], 2)
+            tokens = torch.tensor([prefix[-1] for prefix in nodes], device=self.device).expand(rows, -1)
+            depth = torch.tensor([len(prefix) - 1 for prefix in nodes], device=self.device)
+            dtype = model.get_input_embeddings().weight.dtype
+            logprobs = model(input_ids=tokens, attention_mask=additive(allowed, dtype), cache=cache, use_cache=True,
+                             position_ids=mask.sum(-1, keepdim=True) + depth).logits.float().log_softmax(-1)
+            scored = [(j, nodes[tuple(ids[:t])], ids[t])
+                      for j, ids in enumerate(continuations) for t in range(1, len(ids))]
+            owner, at, token = (torch.tensor(column, device=self.device) for column in zip(*scored))
+            totals = totals.index_add(1, owner, logprobs[:, at, token])
+        return totals.reshape(-1)
 
     def _prefill(self, model, rows: list[list[int]], cache: Cache) -> tuple[torch.Tensor, torch.Tensor]:
         """Run the prompts into `cache`; return the next-token logits and the attention mask.
