@@ -35,8 +35,22 @@ class FlatOnly:
         return self.inner.run(*args, **kwargs)
 
 
+PROMPTS = ("I agree that we should ban fast food. It is unhealthy.", "Short one.",
+           "I disagree that school uniforms help. Children should express themselves, says a long premise here.")
+
+
+@pytest.fixture(scope="module")
+def asked(tiny_bundle):
+    """The answer-space requests for PROMPTS and every answer's brute-force log-likelihood [prompt][branch][leaf]."""
+    model, tokenizer = tiny_bundle.model.float(), tiny_bundle.tokenizer
+    requests = [A.answer_space_request(f"t/{i}", tiny_bundle.format_prompt(rating_prompt(text)))
+                for i, text in enumerate(PROMPTS)]
+    return requests, np.array([[[brute_force(model, tokenizer, r.prompt, branch, leaf) for leaf in A.LEAVES]
+                                for branch in A.BRANCHES] for r in requests])
+
+
 @pytest.mark.parametrize("leaves", ["tree, sdpa", "tree, eager", "a row per leaf"])
-def test_the_answer_tree_equals_brute_force_likelihoods(tiny_bundle, monkeypatch, request, leaves):
+def test_the_answer_tree_equals_brute_force_likelihoods(tiny_bundle, asked, monkeypatch, request, leaves):
     """Leaves run side by side as a tree under a 4D mask (sdpa or eager attention), or one row each (the other
     attention implementations)."""
     model, tokenizer = tiny_bundle.model.float(), tiny_bundle.tokenizer
@@ -46,22 +60,15 @@ def test_the_answer_tree_equals_brute_force_likelihoods(tiny_bundle, monkeypatch
         model.set_attn_implementation("eager")
     if leaves == "a row per leaf":
         monkeypatch.setattr("valharm.generation.local.supports_static", lambda model: False)
-    prompts = [tiny_bundle.format_prompt(rating_prompt(text)) for text in
-               ("I agree that we should ban fast food. It is unhealthy.", "Short one.",
-                "I disagree that school uniforms help. Children should express themselves, says a long premise here.")]
-    requests = [A.answer_space_request(f"t/{i}", p) for i, p in enumerate(prompts)]
+    requests, brute = asked
     generator = HFGenerator(batch_size=128, progress=False, device="cpu")  # two prompts per batch: padding and sharing
-    tree = run_requests(generator, model, tokenizer, requests)
-    flat = run_requests(FlatOnly(generator), model, tokenizer, requests)
-    assert np.array(tree).shape == (3, len(VALUES), 6)
+    tree = np.array(run_requests(generator, model, tokenizer, requests))
+    flat = np.array(run_requests(FlatOnly(generator), model, tokenizer, requests))
+    assert tree.shape == (3, len(VALUES), 6)
     lengths = {len(tokenizer([b], add_special_tokens=False)["input_ids"][0]) for b in A.BRANCHES}
     assert len(lengths) > 1, "branches of different lengths exercise the padding"
-    for asked, scores in zip(requests, tree):
-        for b, branch in enumerate(A.BRANCHES):
-            for r, leaf in enumerate(A.LEAVES):
-                assert scores[b][r] == pytest.approx(brute_force(model, tokenizer, asked.prompt, branch, leaf),
-                                                     abs=2e-3)
-    assert np.allclose(np.array(tree), np.array(flat), atol=2e-3)
+    assert np.abs(tree - brute).max() < 2e-3
+    assert np.allclose(tree, flat, atol=2e-3)
 
 
 def test_answer_trees_need_one_tree_per_call(tiny_bundle):
