@@ -136,7 +136,8 @@ class ModelServer:
     GET /v1/models; POST /v1/completions (with echo + logprobs), /v1/chat/completions and
     /v1/load_lora_adapter. `adapters` {name: path} are served from the start (vLLM's --lora-modules);
     `fail_next` answers that many POSTs with a 500 first. `paths` and `models` count requests, `replied` the
-    completions answered with a 200. `latency` (s) delays each POST.
+    completions answered with a 200; `on_reply(replied)`, where set, is called in the handler after each.
+    `latency` (s) delays each POST.
 
     `flavour="llama.cpp"` behaves as llama-cpp-python 0.3.x's server does: it serves one model under any name,
     ignores `n`, answers token-id prompts with HTTP 500 (a pydantic "Input should be a valid string"), has no
@@ -149,7 +150,7 @@ class ModelServer:
     def __init__(self, bundle, name: str = "base", adapters: dict | None = None, flavour: str = "vllm",
                  echo_aligned: bool = False, latency: float = 0.0):
         self.tokenizer, self.name, self.flavour, self.echo_aligned = bundle.tokenizer, name, flavour, echo_aligned
-        self.latency, self.replied, self.bodies = latency, 0, []
+        self.latency, self.replied, self.bodies, self.on_reply = latency, 0, [], None
         self.llama = flavour == "llama.cpp"
         self.models = {name: bundle.model.eval()}
         self.roots = {name: name}
@@ -190,6 +191,9 @@ class ModelServer:
                 if status == 200:
                     with server.lock:
                         server.replied += 1
+                        replied = server.replied
+                    if server.on_reply:
+                        server.on_reply(replied)
 
             def reply(self, status, payload, headers=None):
                 data = payload.encode() if isinstance(payload, str) else json.dumps(payload).encode()

@@ -4,7 +4,6 @@ on Ctrl-C, HTTP traffic at DEBUG."""
 import logging
 import signal
 import threading
-import time
 
 import pytest
 import torch
@@ -168,13 +167,10 @@ def test_http_traffic_is_logged_at_debug_and_a_run_at_info(monkeypatch, caplog):
 
 
 def interrupt_after(server, replies: int) -> None:
-    """Ctrl-C (SIGINT to the main thread) once `server` has answered `replies` requests."""
-    def interrupt():
-        while server.replied < replies:
-            time.sleep(0.01)
-        signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)
-
-    threading.Thread(target=interrupt, daemon=True).start()
+    """Ctrl-C (SIGINT to the main thread) as `server` answers its `replies`-th request: sent by the server itself,
+    so that a busy machine cannot delay it past the end of the run."""
+    main = threading.main_thread().ident
+    server.on_reply = lambda replied: replied == replies and signal.pthread_kill(main, signal.SIGINT)
 
 
 def test_an_interrupted_run_keeps_every_reply_that_came_back(served_bundle, monkeypatch, tmp_path):
