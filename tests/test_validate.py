@@ -8,7 +8,7 @@ from conftest import ROOT, run_cli
 from valharm.values.validation import LEVELS
 
 SMALL = ["model=tiny", "train_arguments=24", "valid_arguments=8", "fit_arguments=8", "test_arguments=16",
-         "table_contexts=1", "resamples=200", "trainer.enable_progress_bar=false"]
+         "table_contexts=1", "resamples=200", "aligner.training.epochs=1", "trainer.enable_progress_bar=false"]
 RUNS = {"vanilla", "icl_power", "icl_universalism", "power", "universalism", "power_shuffled", "universalism_shuffled",
         "power_cued", "universalism_cued"}
 
