@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -14,6 +15,16 @@ SHARED_DATA = Path(os.environ.get("VALHARM_SHARED_DATA", ROOT.parent / "shared" 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("VALHARM_CACHE_DIR", str(ROOT / ".cache" / "valharm"))
 os.environ.update(WANDB_MODE="offline", WANDB_SILENT="true", HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
+
+
+@pytest.fixture(autouse=True)
+def python_ctrl_c():
+    """Python's Ctrl-C handler in every test, and so SIGINT's default in the processes tests start: a shell that
+    runs the suite in the background (`make test &`, a CI step under nohup) hands it SIGINT ignored, where Python
+    installs no handler and the Ctrl-C tests could not interrupt anything."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
 
 
 @pytest.fixture(scope="session")
