@@ -155,10 +155,11 @@ class HFGenerator:
     def _score_tree(self, model, tokenizer, rows, branches, leaves) -> list[list[list[float]]]:
         """Prefill each prompt once, run every branch from that cache, then every leaf from each branch's cache:
         [row][branch][leaf] summed log-probabilities of branch + leaf (the same tree for every row)."""
-        first, mask, cache = self._tree_prefill(model, tokenizer, rows, branches, leaves)
-        totals, after, mask = self._extend(model, cache, mask, first, self._padded(tokenizer, branches), then=True)
-        leaf_totals = (self._extend_as_tree(model, cache, mask, after, tokenizer(list(leaves), add_special_tokens=False)
-                                            ["input_ids"]) if supports_static(model) else
+        padded = self._padded(tokenizer, branches)
+        leaf_ids = tokenizer(list(leaves), add_special_tokens=False)["input_ids"]
+        first, mask, cache = self._tree_prefill(model, rows, padded[0].shape[1] + sum(map(len, leaf_ids)))
+        totals, after, mask = self._extend(model, cache, mask, first, padded, then=True)
+        leaf_totals = (self._extend_as_tree(model, cache, mask, after, leaf_ids) if supports_static(model) else
                        self._extend(model, cache, mask, after, self._padded(tokenizer, leaves), then=False)[0])
         width = len(leaves)
         return (totals.repeat_interleave(width) + leaf_totals).view(len(rows), len(branches), width).tolist()
@@ -172,12 +173,10 @@ class HFGenerator:
         tokens = torch.tensor([x + [0] * (width - len(x)) for x in ids], device=self.device)
         return tokens, torch.tensor([[t < len(x) for t in range(width)] for x in ids], device=self.device)
 
-    def _tree_prefill(self, model, tokenizer, rows, branches, leaves):
-        """The prompts run into a cache with room for the longest branch and then every leaf's tokens (the leaves run
-        side by side as a tree): (next-token log-probabilities, attention mask, cache)."""
-        lengths = [[len(x) for x in tokenizer(list(texts), add_special_tokens=False)["input_ids"]]
-                   for texts in (branches, leaves)]
-        cache = new_cache(model, max(map(len, rows)) + max(lengths[0]) + sum(lengths[1]), self.preallocate)
+    def _tree_prefill(self, model, rows, room: int):
+        """The prompts run into a cache with `room` tokens more (the longest branch, then every leaf's tokens, as the
+        leaves run side by side): (next-token log-probabilities, attention mask, cache)."""
+        cache = new_cache(model, max(map(len, rows)) + room, self.preallocate)
         logits, mask = self._prefill(model, rows, cache)
         return logits.float().log_softmax(-1), mask, cache
 
